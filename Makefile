@@ -61,8 +61,25 @@ test-serve: .venv-serve/.installed $(DEFAULT_MODEL)/config.json
 test-train: .venv-train/.installed .venv-serve/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m pytest tests/training $(PYTEST_ARGS)
 
-test-deploy: .venv-serve/.installed
-	$(SERVE_PY) -m pytest tests/deploy $(PYTEST_ARGS)
+# Runs in .venv-tools (kubectl, checkov, validators); starts .venv-serve's service and Debian's prometheus.
+test-deploy: .venv-tools/.installed .venv-serve/.installed prometheus-installed
+	.venv-tools/bin/python -m pytest tests/deploy $(PYTEST_ARGS)
+
+# ---- deploy-check tools (see deploy/README.md) ---------------------------------------------------------
+.PHONY: tools prometheus-installed
+tools: .venv-tools/.installed prometheus-installed
+
+.venv-tools/.installed: requirements/tools.txt
+	rm -rf .venv-tools
+	$(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/pip install -q pip==26.3
+	.venv-tools/bin/pip install -q -r requirements/tools.txt
+	touch $@
+
+# Debian's prometheus package: a real Prometheus 2.42 server plus promtool, installed only when missing.
+prometheus-installed:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 # ---- benchmarks (results go to BENCHMARKS.md) ----------------------------------------------------------
 bench: .venv-serve/.installed $(DEFAULT_MODEL)/config.json
