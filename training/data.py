@@ -1,0 +1,186 @@
+"""Instruction data: load and validate records, split them, and turn them into (prompt, response) token ids.
+
+Accepted inputs:
+
+* Alpaca records — `instruction` (non-empty string), `input` (string, optional, may be empty), `output`
+  (non-empty string) — from a `.json` file (a JSON array) or a `.jsonl` file (one object per line);
+* chat records — `messages`: a list of `{"role": "system"|"user"|"assistant", "content": str}` ending with an
+  assistant message — from `.jsonl`.
+
+A bad record stops the run with an error naming the file, the line (JSONL) or record number (JSON) and the
+field. With `skip_invalid=True` bad records are skipped instead, and every skipped record is reported, so
+nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.templates import Message
+
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """A record (or a whole file) that cannot be used, with where it is."""
+
+
+@dataclass(frozen=True)
+class AlpacaRecord:
+    instruction: str
+    input: str
+    output: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ChatRecord:
+    messages: tuple[Message, ...]
+    source: str
+
+
+Record = AlpacaRecord | ChatRecord
+
+
+@dataclass
+class LoadedData:
+    records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_records(paths: list[Path], skip_invalid: bool = False) -> LoadedData:
+    """Read and validate every record of every file; raise `DataError` on the first bad one unless skipping."""
+    loaded = LoadedData()
+    for path in paths:
+        for location, raw in _raw_records(Path(path)):
+            try:
+                loaded.records.append(parse_record(raw, location))
+            except DataError as error:
+                if not skip_invalid:
+                    raise
+                loaded.skipped.append(str(error))
+    if not loaded.records:
+        raise DataError(f"no usable records in {', '.join(str(p) for p in paths)}")
+    return loaded
+
+
+def _raw_records(path: Path) -> list[tuple[str, object]]:
+    """(location, parsed JSON value) pairs; a file that is not UTF-8 or not JSON fails with its position."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    data = path.read_bytes()
+    if path.suffix == ".jsonl":
+        return [_parse_jsonl_line(path, number, line) for number, line in _nonblank_lines(data)]
+    if path.suffix == ".json":
+        text = _decode(path, data, "file")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: line {error.lineno}: invalid JSON: {error.msg}") from error
+        if not isinstance(value, list):
+            raise DataError(f"{path}: a .json data file must hold a JSON array of records")
+        return [(f"{path}: record {index + 1}", item) for index, item in enumerate(value)]
+    raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .json or .jsonl)")
+
+
+def _nonblank_lines(data: bytes) -> list[tuple[int, bytes]]:
+    return [(number, line) for number, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+
+
+def _parse_jsonl_line(path: Path, number: int, line: bytes) -> tuple[str, object]:
+    location = f"{path}: line {number}"
+    text = _decode(path, line, f"line {number}")
+    try:
+        return location, json.loads(text)
+    except json.JSONDecodeError as error:
+        return location, _BrokenLine(f"{location}: invalid JSON: {error.msg} (column {error.colno})")
+
+
+@dataclass(frozen=True)
+class _BrokenLine:
+    """A JSONL line that does not parse; kept as a value so `--skip-invalid` can report and skip it."""
+
+    message: str
+
+
+def _decode(path: Path, data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: {where}: not valid UTF-8 (byte {error.start}: {data[error.start:error.start + 1]!r})")
+
+
+def parse_record(raw: object, location: str) -> Record:
+    """Validate one parsed JSON value as an Alpaca or chat record."""
+    if isinstance(raw, _BrokenLine):
+        raise DataError(raw.message)
+    if not isinstance(raw, dict):
+        raise DataError(f"{location}: a record must be a JSON object, got {type(raw).__name__}")
+    if "messages" in raw:
+        return _parse_chat(raw["messages"], location)
+    instruction = _required_text(raw, "instruction", location)
+    input_text = raw.get("input", "")
+    if input_text is None:
+        input_text = ""
+    if not isinstance(input_text, str):
+        raise DataError(f"{location}: field 'input': must be a string, got {type(input_text).__name__}")
+    output = _required_text(raw, "output", location)
+    return AlpacaRecord(instruction=instruction, input=input_text, output=output, source=location)
+
+
+def _required_text(raw: dict, name: str, location: str) -> str:
+    if name not in raw:
+        raise DataError(f"{location}: field '{name}': missing")
+    value = raw[name]
+    if not isinstance(value, str):
+        raise DataError(f"{location}: field '{name}': must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{location}: field '{name}': is empty")
+    return value
+
+
+def _parse_chat(messages: object, location: str) -> ChatRecord:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{location}: field 'messages': must be a non-empty list")
+    parsed = []
+    for index, message in enumerate(messages):
+        where = f"{location}: field 'messages[{index}]'"
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: must be an object with 'role' and 'content'")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise DataError(f"{where}.role: must be one of {list(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise DataError(f"{where}.content: must be a string, got {type(content).__name__}")
+        parsed.append(Message(role=role, content=content))
+    if parsed[-1].role != "assistant" or not parsed[-1].content.strip():
+        raise DataError(f"{location}: field 'messages': must end with a non-empty assistant message")
+    if not any(m.role == "user" for m in parsed):
+        raise DataError(f"{location}: field 'messages': needs at least one user message")
+    return ChatRecord(messages=tuple(parsed), source=location)
+
+
+def record_key(record: Record) -> str:
+    """Content hash of a record: the split depends on what a record says, not where it sits in the file."""
+    if isinstance(record, AlpacaRecord):
+        payload = [record.instruction, record.input, record.output]
+    else:
+        payload = [[m.role, m.content] for m in record.messages]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def split_records(records: list[Record], validation_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Deterministic train/validation split by hashing (seed, record content) into [0, 1)."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    train, validation = [], []
+    for record in records:
+        digest = hashlib.sha256(f"{seed}:{record_key(record)}".encode()).digest()
+        bucket = int.from_bytes(digest[:8], "big") / 2**64
+        (validation if bucket < validation_fraction else train).append(record)
+    if not train:
+        raise DataError("the validation split took every record; lower validation_fraction")
+    return train, validation

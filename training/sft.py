@@ -1,0 +1,205 @@
+"""The SFT recipe: LoRA or QLoRA fine-tuning of a causal LM on instruction data, with TRL's SFTTrainer.
+
+Our part is the recipe around the trainer: validated data rendered with the chosen prompt format and a
+response-only loss mask, padding-free packing (each batch is one row of concatenated records whose position
+ids restart per record, so attention never crosses records), atomic checkpoints and exact resume, and an
+output directory that appears in one rename when training has finished. The run lives in `<out>.partial/`
+until then; `--resume` continues from its newest checkpoint.
+
+The published adapter directory holds the peft adapter (loadable by vLLM as a LoRA module), the tokenizer
+with the training prompt format as its chat template, `training_manifest.json`, `train_log.json` and
+`loss_curve.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from trl import SFTConfig as TrlSFTConfig
+
+from training.checkpoints import AtomicCheckpointSFTTrainer, latest_checkpoint, publish_directory
+from training.config import SFTConfig
+from training.data import load_records, split_records
+from training.examples import adapter_chat_template, build_examples
+from training.manifest import build_manifest, write_loss_curve
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class SFTRecipe:
+    """One fine-tuning run: `SFTRecipe(cfg).setup()`, then `.train()` returns the published directory."""
+
+    def __init__(self, cfg: SFTConfig) -> None:
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out)
+        self.work_dir = self.out_dir.with_name(self.out_dir.name + ".partial")
+        self.checkpoint_dir = self.work_dir / "checkpoints"
+        self.dtype = self._choose_dtype()
+        self.tokenizer = None
+        self.model = None
+        self.trainer = None
+        self.datasets: dict[str, Dataset] = {}
+        self.skipped_records: list[str] = []
+
+    def setup(self) -> SFTRecipe:
+        """Build everything in dependency order; data is validated before the (possibly large) model loads."""
+        self._prepare_work_dir()
+        self._setup_tokenizer()
+        self._setup_data()
+        self._setup_model()
+        self._setup_trainer()
+        return self
+
+    def _choose_dtype(self) -> torch.dtype:
+        if self.cfg.precision != "auto":
+            return DTYPES[self.cfg.precision]
+        if self.cfg.method == "qlora":
+            return torch.bfloat16  # QLoRA's compute dtype; bitsandbytes 0.50 runs it on CPU too
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+
+    def _prepare_work_dir(self) -> None:
+        if self.out_dir.exists():
+            raise FileExistsError(f"{self.out_dir} already exists; remove it or choose another --out")
+        saved_config = self.work_dir / "sft_config.json"
+        if self.cfg.resume and saved_config.exists():
+            previous = json.loads(saved_config.read_text(encoding="utf-8"))
+            current = self.cfg.to_dict()
+            differing = sorted(k for k in current if k != "resume" and previous.get(k) != current[k])
+            if differing:
+                raise ValueError(f"--resume with a different config than the interrupted run: {differing}")
+        elif self.work_dir.exists():
+            shutil.rmtree(self.work_dir)  # an earlier interrupted run that is not being resumed
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        saved_config.write_text(json.dumps(self.cfg.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+
+    def _setup_tokenizer(self) -> None:
+        self.tokenizer = AutoTokenizer.from_pretrained(self.cfg.base)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def _setup_data(self) -> None:
+        data = self.cfg.data
+        loaded = load_records([Path(p) for p in data.paths], skip_invalid=data.skip_invalid)
+        self.skipped_records = loaded.skipped
+        for message in loaded.skipped:
+            print(f"skipped invalid record: {message}")  # noqa: T201 - the user asked to skip; say what
+        if loaded.skipped:
+            print(f"skipped {len(loaded.skipped)} invalid record(s)")  # noqa: T201
+        train, validation = split_records(loaded.records, data.validation_fraction, self.cfg.seed)
+        for name, records in (("train", train), ("validation", validation)):
+            if records:
+                examples = build_examples(records, data.template, self.tokenizer, data.max_length)
+                self.datasets[name] = Dataset.from_list(examples)
+
+    def _setup_model(self) -> None:
+        kwargs: dict = {"dtype": self.dtype}
+        if self.cfg.method == "qlora":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
+            if torch.cuda.is_available():
+                kwargs["device_map"] = {"": torch.cuda.current_device()}
+        # Not peft's prepare_model_for_kbit_training: it upcasts every unquantised weight to fp32
+        # (+2.5 GiB and -25% speed on an 8B QLoRA); TRL enables input gradients for checkpointing itself.
+        self.model = AutoModelForCausalLM.from_pretrained(self.cfg.base, **kwargs)
+        # from_pretrained returns eval mode, where HF silently skips gradient checkpointing.
+        self.model.train()
+
+    def _training_arguments(self) -> TrlSFTConfig:
+        cfg, optim = self.cfg, self.cfg.optim
+        has_validation = "validation" in self.datasets
+        return TrlSFTConfig(
+            output_dir=str(self.checkpoint_dir),
+            per_device_train_batch_size=optim.batch_size,
+            per_device_eval_batch_size=optim.batch_size,
+            gradient_accumulation_steps=optim.grad_accum,
+            learning_rate=optim.lr,
+            lr_scheduler_type=optim.scheduler,
+            warmup_steps=optim.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+            weight_decay=optim.weight_decay,
+            num_train_epochs=optim.epochs,
+            max_steps=optim.max_steps,
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            bf16=self.dtype == torch.bfloat16,
+            fp16=self.dtype == torch.float16,
+            use_cpu=not torch.cuda.is_available(),
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            logging_steps=cfg.logging_steps,
+            save_strategy="steps",
+            save_steps=cfg.save_steps,
+            save_total_limit=cfg.save_total_limit,
+            eval_strategy="steps" if has_validation and cfg.eval_steps > 0 else "no",
+            eval_steps=cfg.eval_steps or None,
+            report_to=[],
+            completion_only_loss=True,
+            # Padding-free packing: a batch is one row of records with per-record position ids; the
+            # attention mask built from them is block-diagonal, so records never attend to each other.
+            padding_free=cfg.data.packing,
+            max_length=None if cfg.data.packing else cfg.data.max_length,  # truncated in build_examples
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+
+    def _setup_trainer(self) -> None:
+        lora = self.cfg.lora
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        self.trainer = AtomicCheckpointSFTTrainer(
+            model=self.model,
+            args=self._training_arguments(),
+            train_dataset=self.datasets["train"],
+            eval_dataset=self.datasets.get("validation"),
+            processing_class=self.tokenizer,
+            peft_config=peft_config,
+        )
+
+    def train(self) -> Path:
+        """Train (resuming if asked and possible), evaluate, then publish the output directory."""
+        resume_from = latest_checkpoint(self.checkpoint_dir) if self.cfg.resume else None
+        if self.cfg.resume:
+            print(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from; starting")  # noqa: T201
+        self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if "validation" in self.datasets:
+            self.trainer.evaluate()
+        final = self.work_dir / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        self.save_checkpoint(final)
+        publish_directory(final, self.out_dir)
+        if not self.cfg.keep_checkpoints:
+            shutil.rmtree(self.work_dir)
+        return self.out_dir
+
+    def save_checkpoint(self, directory: Path) -> None:
+        """Write the servable adapter directory: adapter, tokenizer + chat template, manifest, logs, curve."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.trainer.model.save_pretrained(directory)
+        self.tokenizer.chat_template = adapter_chat_template(self.cfg.data.template, self.tokenizer)
+        self.tokenizer.save_pretrained(directory)
+        history = self.trainer.state.log_history
+        (directory / "train_log.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+        write_loss_curve(history, directory / "loss_curve.png")
+        manifest = build_manifest(self.cfg, history, self.skipped_records, self.datasets)
+        (directory / "training_manifest.json").write_text(
+            json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8"
+        )
+
+
+def run_sft(cfg: SFTConfig) -> Path:
+    return SFTRecipe(cfg).setup().train()
