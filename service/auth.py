@@ -1,0 +1,26 @@
+"""API-key check for the `/v1` routes (health, readiness and metrics stay open for probes and scrapers)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import Unauthorized
+
+
+def require_api_key(request: Request) -> None:
+    """Accept `Authorization: Bearer <key>` for any configured key; no keys configured means open."""
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
+    if not any(secrets.compare_digest(token.strip().encode(), key.encode()) for key in keys):
+        raise Unauthorized("Invalid API key.", code="invalid_api_key")
+
+
+APIKeyDep = Annotated[None, Depends(require_api_key)]

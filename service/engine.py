@@ -1,0 +1,282 @@
+"""The engine: the only module that imports vLLM, so a vLLM upgrade touches this file alone.
+
+`Engine` wraps vLLM's `AsyncLLM` in-process. Routes hand it token ids and our `GenerationParams` and get back
+`EngineDelta`s: per choice, the new text and tokens since the last delta, straight from vLLM's DELTA output
+mode, so the stream path never diffs cumulative text.
+
+The null adapter. vLLM 0.32's CPU LoRA kernels (`lora/ops/torch_ops/lora_ops.py`) index the adapter-slot
+tensor with the "no LoRA" index -1 as a Python index, so base-model requests batched with adapter requests
+get the *last* slot's adapter applied; only an all-base batch skips LoRA. On CPU, when adapters are served,
+base-model requests therefore go through a zero adapter (one module, B = 0, so x·A·B adds exactly 0) and
+never carry index -1. It takes one extra slot, so `--max-loras N` still lets N real adapters share batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import GracefulHTTPError, VLLMClientError
+from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from service.config import Settings
+from service.errors import EngineFailure, InvalidRequest, Overloaded
+from service.protocol import GenerationParams
+
+logger = logging.getLogger(__name__)
+NULL_ADAPTER_NAME = "tsumugi-null-adapter"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]
+
+
+@dataclass(slots=True)
+class EngineDelta:
+    """What one choice produced since the previous delta."""
+
+    index: int
+    text: str
+    num_new_tokens: int
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class EngineStep:
+    """One engine output for a request: deltas for the choices that advanced."""
+
+    deltas: list[EngineDelta]
+    num_prompt_tokens: int
+    finished: bool
+    aborted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterHandle:
+    """How the engine addresses one adapter: a stable integer id and its directory."""
+
+    name: str
+    lora_id: int
+    path: str
+
+
+@dataclass
+class EngineInfo:
+    """Facts derived at start-up, returned rather than written back into the settings."""
+
+    max_model_len: int
+    default_sampling: dict[str, Any] = field(default_factory=dict)
+    null_adapter: AdapterHandle | None = None
+
+
+def resolve_dtype(settings: Settings) -> str:
+    # vLLM 0.32 CPU in bf16 gave wrong greedy text on SmolLM2-135M where fp32 matches transformers.
+    if settings.dtype == "auto" and current_platform.is_cpu():
+        return "float32"
+    return settings.dtype
+
+
+def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
+    """Write a zero LoRA adapter shaped like one module of `template_adapter` (see the module docstring)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((template_adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    with safe_open(str(template_adapter / "adapter_model.safetensors"), framework="pt") as weights:
+        key_a = next(k for k in weights.keys() if ".lora_A." in k)  # noqa: SIM118 (safe_open has no __iter__)
+        key_b = key_a.replace(".lora_A.", ".lora_B.")
+        tensors = {
+            key_a: weights.get_tensor(key_a)[:1].zero_(),
+            key_b: weights.get_tensor(key_b)[:, :1].zero_(),
+        }
+    module = key_a.split(".lora_A.")[0].rsplit(".", 1)[-1]
+    null_config = {
+        key: config[key] for key in ("base_model_name_or_path", "task_type", "peft_type") if key in config
+    }
+    null_config.update(r=1, lora_alpha=1, target_modules=[module], bias="none", lora_dropout=0.0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    (out_dir / "adapter_config.json").write_text(json.dumps(null_config), encoding="utf-8")
+    return out_dir
+
+
+def build_engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) -> AsyncEngineArgs:
+    return AsyncEngineArgs(
+        model=settings.model,
+        served_model_name=settings.model_name,
+        tokenizer=settings.tokenizer,
+        dtype=resolve_dtype(settings),
+        quantization=settings.quantization,
+        max_model_len=settings.max_model_len,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_num_queued_reqs=settings.max_num_queued_requests,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        enforce_eager=settings.enforce_eager,
+        seed=settings.seed,
+        enable_lora=num_adapters > 0,
+        max_loras=settings.max_loras + (1 if use_null_adapter else 0),
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=max(num_adapters + 1, settings.max_loras + 1) if num_adapters else None,
+        generation_config="auto",
+    )
+
+
+class Engine:
+    """vLLM's AsyncLLM behind the few calls the routes need."""
+
+    def __init__(self, llm: AsyncLLM, info: EngineInfo, tempdir: tempfile.TemporaryDirectory | None) -> None:
+        self._llm = llm
+        self.info = info
+        self._tempdir = tempdir
+
+    @classmethod
+    def start(cls, settings: Settings, adapter_paths: list[Path]) -> Engine:
+        """Build the engine (blocking: loads weights, profiles memory, spawns the engine-core process)."""
+        use_null_adapter = bool(adapter_paths) and current_platform.is_cpu()
+        tempdir = None
+        null_adapter = None
+        if use_null_adapter:
+            tempdir = tempfile.TemporaryDirectory(prefix="tsumugi-null-adapter-")
+            path = write_null_adapter(adapter_paths[0], Path(tempdir.name))
+            null_adapter = AdapterHandle(NULL_ADAPTER_NAME, lora_id=len(adapter_paths) + 1, path=str(path))
+        args = build_engine_args(settings, len(adapter_paths), use_null_adapter)
+        llm = AsyncLLM.from_engine_args(args)
+        model_config = llm.model_config
+        info = EngineInfo(
+            max_model_len=model_config.max_model_len,
+            default_sampling=model_config.get_diff_sampling_param(),
+            null_adapter=null_adapter,
+        )
+        return cls(llm, info, tempdir)
+
+    def lora_request(self, adapter: AdapterHandle | None) -> LoRARequest | None:
+        adapter = adapter or self.info.null_adapter
+        if adapter is None:
+            return None
+        return LoRARequest(adapter.name, adapter.lora_id, adapter.path)
+
+    def sampling_params(self, params: GenerationParams) -> SamplingParams:
+        defaults = self.info.default_sampling
+        structured = None
+        if params.json_schema is not None:
+            structured = StructuredOutputsParams(json=params.json_schema)
+        elif params.json_object:
+            structured = StructuredOutputsParams(json_object=True)
+        try:
+            return SamplingParams(
+                n=params.n,
+                max_tokens=params.max_tokens,
+                temperature=_pick(params.temperature, defaults.get("temperature"), 1.0),
+                top_p=_pick(params.top_p, defaults.get("top_p"), 1.0),
+                top_k=_pick(params.top_k, defaults.get("top_k"), 0),
+                min_p=params.min_p,
+                stop=list(params.stop) or None,
+                seed=params.seed,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                repetition_penalty=_pick(params.repetition_penalty, defaults.get("repetition_penalty"), 1.0),
+                ignore_eos=params.ignore_eos,
+                min_tokens=params.min_tokens,
+                logprobs=params.logprobs,
+                structured_outputs=structured,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: GenerationParams,
+        adapter: AdapterHandle | None,
+    ) -> AsyncIterator[EngineStep]:
+        """Stream engine steps; closing the iterator early aborts the request in the engine."""
+        sampling = self.sampling_params(params)
+        want_logprobs = params.logprobs is not None
+        stream = self._llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_token_ids),
+            sampling,
+            request_id,
+            lora_request=self.lora_request(adapter),
+        )
+        try:
+            async for output in stream:
+                deltas = [_delta(choice, want_logprobs) for choice in output.outputs]
+                aborted = any(choice.finish_reason == "abort" for choice in output.outputs)
+                yield EngineStep(deltas, len(output.prompt_token_ids or ()), output.finished, aborted)
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise InvalidRequest(str(exc)) from exc
+        except GracefulHTTPError as exc:
+            raise Overloaded(exc.message) from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise EngineFailure(f"engine error: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await stream.aclose()
+
+    async def abort(self, request_ids: list[str]) -> None:
+        await self._llm.abort(request_ids)
+
+    async def check_health(self) -> None:
+        await self._llm.check_health()
+
+    @property
+    def errored(self) -> bool:
+        return self._llm.errored
+
+    async def log_stats(self) -> None:
+        await self._llm.do_log_stats()
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+
+
+def _pick(value: Any, default: Any, fallback: Any) -> Any:
+    if value is not None:
+        return value
+    return default if default is not None else fallback
+
+
+def _delta(choice: Any, want_logprobs: bool) -> EngineDelta:
+    logprobs = None
+    if want_logprobs and choice.logprobs is not None:
+        logprobs = []
+        for token_id, candidates in zip(choice.token_ids, choice.logprobs, strict=False):
+            chosen = candidates[token_id]
+            top = sorted(candidates.values(), key=lambda lp: lp.rank or 0)
+            logprobs.append(
+                TokenLogprob(
+                    token=chosen.decoded_token or "",
+                    logprob=max(chosen.logprob, -9999.0),
+                    top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in top),
+                )
+            )
+    return EngineDelta(
+        index=choice.index,
+        text=choice.text,
+        num_new_tokens=len(choice.token_ids),
+        finish_reason=None if choice.finish_reason == "abort" else choice.finish_reason,
+        logprobs=logprobs,
+    )

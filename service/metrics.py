@@ -1,0 +1,108 @@
+"""Prometheus metrics: ours per request, labelled by model/adapter, plus vLLM's engine metrics re-exported.
+
+Our series live in a registry owned by the app (no module-level state). vLLM registers its own
+(`vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`, ...) in prometheus-client's default registry
+from inside the engine; `/metrics` serves both. It always answers in the classic text format 0.0.4, where
+`vllm:`-style names are legal as they are: with content negotiation, prometheus-client 0.23+ may agree on an
+escaping that makes Prometheus store `vllm:x` as `vllm_x`, and the dashboards and alerts would find nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServiceMetrics:
+    """The service's own series."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tsumugi_requests",
+            "Requests by model, endpoint and status.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.in_flight = Gauge("tsumugi_requests_in_flight", "Requests being served.", ["model"], registry=r)
+        self.ttft = Histogram(
+            "tsumugi_time_to_first_token_seconds",
+            "Time to first token.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "tsumugi_inter_token_latency_seconds",
+            "Time between output tokens.",
+            ["model"],
+            buckets=TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "tsumugi_request_duration_seconds",
+            "End-to-end request latency.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "tsumugi_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "tsumugi_completion_tokens", "Completion tokens generated.", ["model"], registry=r
+        )
+
+    def track(self, model: str, endpoint: str) -> RequestTracker:
+        return RequestTracker(self, model, endpoint)
+
+    def count_rejected(self, model: str, endpoint: str, status: int) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry) + generate_latest(REGISTRY)
+
+
+class RequestTracker:
+    """Times one request from admission to its last token."""
+
+    __slots__ = ("_itl", "_last", "_metrics", "_start", "endpoint", "model", "num_output_tokens")
+
+    def __init__(self, metrics: ServiceMetrics, model: str, endpoint: str) -> None:
+        self._metrics = metrics
+        self.model = model
+        self.endpoint = endpoint
+        self._itl = metrics.itl.labels(model)
+        self._start = time.perf_counter()
+        self._last: float | None = None
+        self.num_output_tokens = 0
+        metrics.in_flight.labels(model).inc()
+
+    def on_tokens(self, num_tokens: int) -> None:
+        """Record `num_tokens` new output tokens arriving now (the first arrival sets the TTFT)."""
+        if num_tokens <= 0:
+            return
+        now = time.perf_counter()
+        if self._last is None:
+            self._metrics.ttft.labels(self.model).observe(now - self._start)
+        else:
+            gap = (now - self._last) / num_tokens
+            for _ in range(num_tokens):
+                self._itl.observe(gap)
+        self.num_output_tokens += num_tokens
+        self._last = now
+
+    def finish(self, status: int, num_prompt_tokens: int) -> None:
+        m = self._metrics
+        m.in_flight.labels(self.model).dec()
+        m.requests.labels(self.model, self.endpoint, str(status)).inc()
+        if status < 400:
+            m.e2e.labels(self.model).observe(time.perf_counter() - self._start)
+            m.prompt_tokens.labels(self.model).inc(num_prompt_tokens)
+            m.completion_tokens.labels(self.model).inc(self.num_output_tokens)

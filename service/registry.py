@@ -1,0 +1,91 @@
+"""Which models a request may name: the base model and each adapter, with the chat template to render it.
+
+An adapter directory written by tsumugi's training module carries the prompt format it was trained with as
+its chat template (`chat_template.jinja`, or `chat_template` in `tokenizer_config.json`). A fine-tune only
+answers well in the format it learned, so chat requests for that adapter are rendered with that template,
+not the base model's. Adapters share the base model's tokenizer (a LoRA cannot change the vocabulary).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.config import LoRAModule
+from service.engine import NULL_ADAPTER_NAME, AdapterHandle
+from service.errors import ModelNotFound
+
+
+class AdapterError(ValueError):
+    """An adapter directory that cannot be served; raised at start-up, before the engine loads."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """One name a client can put in `model`."""
+
+    name: str
+    root: str
+    chat_template: str | None
+    adapter: AdapterHandle | None = None
+    parent: str | None = None
+
+
+def read_chat_template(directory: Path) -> str | None:
+    """The chat template saved with a model or adapter directory, if any."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def check_adapter_dir(module: LoRAModule) -> None:
+    if not (module.path / "adapter_config.json").is_file():
+        raise AdapterError(f"adapter '{module.name}': {module.path}/adapter_config.json not found")
+    if not (module.path / "adapter_model.safetensors").is_file():
+        raise AdapterError(f"adapter '{module.name}': {module.path}/adapter_model.safetensors not found")
+
+
+class ModelRegistry:
+    """Resolves the `model` field of a request to the base model or one adapter."""
+
+    def __init__(self, base: ServedModel, adapters: list[ServedModel]) -> None:
+        self.base = base
+        self.created = int(time.time())
+        self._by_name = {base.name: base} | {adapter.name: adapter for adapter in adapters}
+
+    @classmethod
+    def from_modules(cls, base_name: str, base_path: str, modules: list[LoRAModule]) -> ModelRegistry:
+        """Check every adapter directory and give each a stable engine id (1-based, in flag order)."""
+        names = [m.name for m in modules]
+        duplicates = {n for n in names if names.count(n) > 1} | ({base_name} & set(names))
+        if duplicates or NULL_ADAPTER_NAME in names:
+            raise AdapterError(f"adapter names must be unique and differ from the base model: {duplicates}")
+        adapters = []
+        for lora_id, module in enumerate(modules, start=1):
+            check_adapter_dir(module)
+            handle = AdapterHandle(module.name, lora_id, str(module.path.resolve()))
+            adapters.append(
+                ServedModel(module.name, str(module.path), read_chat_template(module.path), handle, base_name)
+            )
+        base = ServedModel(base_name, base_path, None)
+        return cls(base, adapters)
+
+    def resolve(self, name: str) -> ServedModel:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ModelNotFound(name) from None
+
+    def adapter_paths(self) -> list[Path]:
+        return [Path(m.adapter.path) for m in self._by_name.values() if m.adapter is not None]
+
+    def __iter__(self):
+        return iter(self._by_name.values())
