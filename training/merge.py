@@ -1,0 +1,48 @@
+"""Merge a LoRA adapter into its base model: plain safetensors weights that vLLM serves without LoRA.
+
+The merge runs in fp32 (base weights loaded unquantised, even for a QLoRA adapter) and casts once at the end,
+so fp16/bf16 rounding happens a single time. The tokenizer comes from the adapter directory, so the merged
+model keeps the prompt format it was trained with as its chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from training.checkpoints import publish_directory
+from training.manifest import MANIFEST_NAME, derived_manifest
+
+MERGE_DTYPES = ("bf16", "fp16", "fp32")
+
+
+def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in MERGE_DTYPES:
+        raise ValueError(f"--dtype must be one of {MERGE_DTYPES}, got {dtype!r}")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; remove it or choose another --out")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    target_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    merged = merged.to(target_dtype)
+    merged.config.dtype = target_dtype
+    merged.save_pretrained(staging, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter).save_pretrained(staging)
+
+    source_manifest_path = Path(adapter) / MANIFEST_NAME
+    source = json.loads(source_manifest_path.read_text(encoding="utf-8")) if source_manifest_path.is_file() else None
+    manifest = derived_manifest("merged", source, base_model=str(base), adapter=str(adapter), dtype=dtype)
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    publish_directory(staging, out)
+    return out

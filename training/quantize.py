@@ -1,0 +1,143 @@
+"""W4A16 weight quantization (AWQ or GPTQ) with llm-compressor, calibrated on the training data.
+
+The output is a compressed-tensors checkpoint that vLLM loads as a plain model. Weights of every Linear layer
+except the LM head become 4-bit integers with one scale per `group_size` input columns; the group size must
+divide each layer's input width, so it is the largest of 128/64/32 that does (SmolLM2's hidden size 576 is
+9 × 64, not a multiple of 128). Calibration samples are training records rendered with the model's own chat
+template — the prompt format it was fine-tuned with — so activation statistics match what it will serve.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from training.checkpoints import publish_directory
+from training.data import load_records
+from training.examples import render
+from training.manifest import MANIFEST_NAME, derived_manifest
+
+GROUP_SIZES = (128, 64, 32)
+METHODS = ("awq", "gptq")
+
+
+def choose_group_size(in_features: list[int]) -> int:
+    """Largest supported group size dividing every quantised layer's input width."""
+    for size in GROUP_SIZES:
+        if all(width % size == 0 for width in in_features):
+            return size
+    raise ValueError(f"no group size in {GROUP_SIZES} divides all layer widths {sorted(set(in_features))}")
+
+
+def quantised_linear_widths(model) -> list[int]:
+    import torch
+
+    return [m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+
+
+def build_recipe(method: str, group_size: int) -> list:
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size)
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
+    if method == "awq":
+        # AWQ only rescales channels; the QuantizationModifier after it does the quantization itself.
+        return [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
+    if method == "gptq":
+        return [GPTQModifier(config_groups=groups, ignore=["lm_head"])]
+    raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+
+
+def calibration_dataset(data: Path, tokenizer, template: str, num_samples: int, max_length: int, seed: int = 0):
+    """Tokenised calibration samples: a seeded sample of the training records, prompt + response."""
+    from datasets import Dataset
+
+    records = load_records([data]).records
+    random.Random(seed).shuffle(records)
+    rows = {"input_ids": [], "attention_mask": []}
+    for record in records[:num_samples]:
+        example = render(record, template, tokenizer)
+        ids = tokenizer(example.prompt + example.response, add_special_tokens=False).input_ids[:max_length]
+        rows["input_ids"].append(ids)
+        rows["attention_mask"].append([1] * len(ids))
+    return Dataset.from_dict(rows)
+
+
+@contextmanager
+def cpu_safe_activation_pinning():
+    """llm-compressor 0.14's AWQ calls `pin_memory()` on its cached activations unconditionally, to speed up
+    host-to-device copies; without an accelerator pinning raises. With no device there is nothing to copy
+    to, so on such machines (only) the pinning is skipped for the duration of the call."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.accelerator.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original
+
+
+def quantize_model(
+    model_dir: Path,
+    data: Path,
+    out: Path,
+    method: str = "awq",
+    template: str = "chat",
+    num_samples: int = 64,
+    max_length: int = 256,
+    group_size: int | None = None,
+) -> Path:
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; remove it or choose another --out")
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset = calibration_dataset(Path(data), tokenizer, template, num_samples, max_length)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    group_size = group_size or choose_group_size(quantised_linear_widths(model))
+    with cpu_safe_activation_pinning():
+        oneshot(
+            model=model,
+            tokenizer=tokenizer,
+            dataset=dataset,
+            recipe=build_recipe(method, group_size),
+            num_calibration_samples=len(dataset),
+            max_seq_length=max_length,
+        )
+    model.save_pretrained(staging, save_compressed=True)
+    tokenizer.save_pretrained(staging)
+    source_path = Path(model_dir) / MANIFEST_NAME
+    source = json.loads(source_path.read_text(encoding="utf-8")) if source_path.is_file() else None
+    details = {"model": str(model_dir), "method": method, "scheme": "W4A16", "group_size": group_size}
+    details |= {"calibration_data": str(data), "calibration_samples": len(dataset)}
+    manifest = derived_manifest(f"{method}-w4a16", source, **details)
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    publish_directory(staging, out)
+    return out
+
+
+def quantize_from_args(args) -> Path:
+    return quantize_model(
+        model_dir=args.model,
+        data=args.data,
+        out=args.out,
+        method=args.method,
+        template=args.template or "chat",
+        num_samples=args.num_samples,
+        max_length=args.max_length,
+        group_size=args.group_size,
+    )
