@@ -31,6 +31,7 @@ COPY requirements/train.txt requirements/train.txt
 RUN pip install --no-cache-dir -r requirements/train.txt
 COPY pyproject.toml ./
 COPY training/ training/
+COPY data/ data/
 RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/tsumugi --shell /usr/sbin/nologin tsumugi \
     && install -d -o tsumugi -g tsumugi /models /var/cache/tsumugi
 USER ${UID}:${UID}

@@ -62,8 +62,9 @@ test-train: .venv-train/.installed .venv-serve/.installed $(DEFAULT_MODEL)/confi
 	$(TRAIN_PY) -m pytest tests/training $(PYTEST_ARGS)
 
 # Runs in .venv-tools (kubectl, checkov, validators); starts .venv-serve's service and Debian's prometheus.
+# -p no:cloudcoil: cloudcoil ships a pytest plugin for kind clusters that we do not use (it needs filelock).
 test-deploy: .venv-tools/.installed .venv-serve/.installed prometheus-installed
-	.venv-tools/bin/python -m pytest tests/deploy $(PYTEST_ARGS)
+	.venv-tools/bin/python -m pytest -p no:cloudcoil tests/deploy $(PYTEST_ARGS)
 
 # ---- deploy-check tools (see deploy/README.md) ---------------------------------------------------------
 .PHONY: tools prometheus-installed

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS_RULE = ROOT / "k8s" / "base" / "prometheusrule.yaml"
 HEADER = (
-    "# GENERATED from deploy/prometheus/alerts.yml by tests/deploy/render_prometheusrule.py; edit that file.\n"
-    "# The `release` label must match your Prometheus' ruleSelector (kube-prometheus-stack's default shown).\n"
+    "# GENERATED from deploy/prometheus/alerts.yml by tests/deploy/render_prometheusrule.py: edit that.\n"
+    "# The `release` label must match your Prometheus' ruleSelector (kube-prometheus-stack's default).\n"
 )
 
 
