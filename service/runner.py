@@ -18,11 +18,9 @@ from transformers import PreTrainedTokenizerBase
 from service.engine import Engine, EngineStep
 from service.errors import APIError, InvalidRequest, ServiceUnavailable
 from service.lifecycle import ServiceState
-from service.metrics import ServiceMetrics
+from service.metrics import STATUS_CLIENT_CLOSED, ServiceMetrics
 from service.protocol import GenerationParams
 from service.registry import ModelRegistry, ServedModel
-
-STATUS_CLIENT_CLOSED = 499
 
 
 @dataclass(slots=True)

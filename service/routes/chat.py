@@ -51,6 +51,7 @@ async def create_chat_completion(
 ) -> JSONResponse | StreamingResponse:
     """Chat completion: rendered with the model's (or adapter's) chat template."""
     model = runner.registry.resolve(body.model)
+    request.state.model_label = model.name
     prompt_ids = render_chat(runner.tokenizer, body.messages, model.chat_template)
     params = chat_params(body, runner, len(prompt_ids))
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

@@ -46,6 +46,7 @@ async def create_completion(
 ) -> JSONResponse | StreamingResponse:
     """Text completion of one prompt or a batch of prompts (text or token ids)."""
     model = runner.registry.resolve(body.model)
+    request.state.model_label = model.name
     prompts = [encode_prompt(runner.tokenizer, p, runner.vocab_size) for p in body.prompts()]
     params = [completion_params(body, runner, len(ids)) for ids in prompts]
     texts = [p if isinstance(p, str) else runner.tokenizer.decode(p) for p in body.prompts()]

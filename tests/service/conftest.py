@@ -1,0 +1,60 @@
+"""Session fixtures: a tiny model with two adapters served by the real service (vLLM CPU engine, uvicorn).
+
+Engines start once per session (20-60 s each on 2 cores): the main server carries the tiny model, two
+adapters (one with its own chat template), `--max-loras 1` (the hardest slot setting for isolation) and an
+API key, so every `/v1` test also exercises auth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.fixtures.adapters import ALPACA_JA_TEMPLATE, write_random_adapter
+from tests.fixtures.tiny_model import build_tiny_llama
+from tests.service.server import ServiceProcess
+
+API_KEY = "test-key-123"
+BASE = "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {
+        "ada": write_random_adapter(tiny_model, root / "ada", seed=1),
+        "ja": write_random_adapter(tiny_model, root / "ja", seed=2, chat_template=ALPACA_JA_TEMPLATE),
+    }
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    args = [
+        "--model", str(tiny_model),
+        "--served-model-name", BASE,
+        "--lora-modules", *(f"{name}={path}" for name, path in adapters.items()),
+        "--max-loras", "1",
+        "--max-lora-rank", "8",
+        "--max-model-len", "512",
+        "--api-key", API_KEY,
+    ]  # fmt: skip
+    proc = ServiceProcess(args, tmp_path_factory.mktemp("logs") / "server.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: ServiceProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def async_client(server: ServiceProcess) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)

@@ -1,0 +1,88 @@
+"""/health, /ready and /metrics (parsed with prometheus-client's own parser)."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.conftest import BASE
+
+
+def scrape(url: str) -> dict[str, list]:
+    r = httpx.get(f"{url}/metrics")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {family.name: family.samples for family in text_string_to_metric_families(r.text)}
+
+
+def sample_value(samples, name: str, **labels) -> float:
+    return sum(
+        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_health_and_ready_need_no_auth(server):
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    assert httpx.get(f"{server.url}/ready").status_code == 200
+
+
+def test_unknown_route_is_404_envelope(server):
+    r = httpx.get(f"{server.url}/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_metrics_count_requests_tokens_and_latencies(server, client):
+    before = scrape(server.url)
+    client.chat.completions.create(
+        model=BASE,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        extra_body={"ignore_eos": True},
+    )
+    client.chat.completions.create(
+        model="ada",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=5,
+        extra_body={"ignore_eos": True},
+    )
+    after = scrape(server.url)
+
+    def delta(family: str, name: str, **labels) -> float:
+        return sample_value(after.get(family, []), name, **labels) - sample_value(
+            before.get(family, []), name, **labels
+        )
+
+    assert delta("tsumugi_requests", "tsumugi_requests_total", model=BASE, endpoint="chat", status="200") == 1
+    assert (
+        delta("tsumugi_requests", "tsumugi_requests_total", model="ada", endpoint="chat", status="200") == 1
+    )
+    assert delta("tsumugi_completion_tokens", "tsumugi_completion_tokens_total", model="ada") == 5
+    assert delta("tsumugi_prompt_tokens", "tsumugi_prompt_tokens_total", model=BASE) > 0
+    ttft = "tsumugi_time_to_first_token_seconds"
+    assert delta(ttft, f"{ttft}_count", model=BASE) == 1
+    itl = "tsumugi_inter_token_latency_seconds"
+    assert delta(itl, f"{itl}_count", model="ada") == 4
+    e2e = "tsumugi_request_duration_seconds"
+    assert delta(e2e, f"{e2e}_count", model="ada") == 1
+    assert sample_value(after["tsumugi_requests_in_flight"], "tsumugi_requests_in_flight", model=BASE) == 0
+    # vLLM's engine metrics, re-exported under their own names.
+    for family in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"):
+        assert family in after, sorted(after)
+
+
+def test_errors_are_counted_by_status(server, client):
+    import openai
+    import pytest
+
+    before = scrape(server.url)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "x"}], max_tokens=10**6
+        )
+    after = scrape(server.url)
+    name = "tsumugi_requests_total"
+    assert (
+        sample_value(after["tsumugi_requests"], name, status="400")
+        - sample_value(before.get("tsumugi_requests", []), name, status="400")
+        == 1
+    )

@@ -1,0 +1,86 @@
+"""SIGTERM: readiness drops at once, running streams finish within the drain timeout, new requests get a
+503 envelope, streams still running at the timeout end with an error event, and the process exits 0."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.service.server import ServiceProcess
+
+DRAIN_TIMEOUT = 6
+
+
+@pytest.fixture
+def draining_server(tiny_model, tmp_path):
+    proc = ServiceProcess(
+        ["--model", str(tiny_model), "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT)],
+        tmp_path / "drain.log",
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def stream_events(url: str, max_tokens: int, out: list) -> None:
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+        out.extend(line for line in r.iter_lines() if line)
+
+
+def test_sigterm_drains_then_exits_zero(draining_server):
+    url = draining_server.url
+    # Tokens per second on this machine decide what "short" and "too long for the timeout" mean.
+    started = time.monotonic()
+    httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "tiny", "prompt": "x", "max_tokens": 100, "ignore_eos": True},
+        timeout=60,
+    )
+    tokens_per_s = 100 / (time.monotonic() - started)
+    short_tokens = max(8, int(tokens_per_s * DRAIN_TIMEOUT * 0.3))
+    long_tokens = 1000  # past the drain timeout at any speed this box has (max_model_len 1024)
+    assert long_tokens / tokens_per_s > DRAIN_TIMEOUT * 1.5, f"{tokens_per_s:.0f} tokens/s is too fast"
+
+    short, long = [], []
+    threads = [
+        threading.Thread(target=stream_events, args=(url, short_tokens, short)),
+        threading.Thread(target=stream_events, args=(url, long_tokens, long)),
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    draining_server.terminate()
+    time.sleep(0.5)
+
+    ready = httpx.get(f"{url}/ready")
+    assert ready.status_code == 503 and ready.json()["reason"] == "draining"
+    refused = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+    )
+    assert refused.status_code == 503
+    assert refused.json()["error"]["type"] == "service_unavailable"
+
+    for t in threads:
+        t.join(timeout=DRAIN_TIMEOUT + 30)
+    assert draining_server.proc.wait(timeout=60) == 0
+
+    # The short stream completed normally.
+    assert short[-1] == "data: [DONE]"
+    finishes = [json.loads(e[6:])["choices"][0]["finish_reason"] for e in short[1:-1]]
+    assert finishes[-1] == "length"
+    # The long one ended with an error event in the envelope, then [DONE]: no cut connection.
+    assert long[-1] == "data: [DONE]"
+    error = json.loads(long[-2][6:])
+    assert error["error"]["type"] == "service_unavailable"
+    assert not any('"finish_reason":"length"' in e for e in long)
