@@ -129,7 +129,7 @@ def test_json_schema_response_format(client):
         response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
     )
     text = response.choices[0].message.content
-    # A random model may spend its budget on grammar-legal whitespace; what it writes must still follow the schema.
+    # A random model may spend its budget on grammar-legal whitespace; what it writes must follow the schema.
     assert "".join(text.split()).startswith('{"ok":'), text
     if response.choices[0].finish_reason == "stop":
         assert json.loads(text) in ({"ok": True}, {"ok": False})
