@@ -32,9 +32,7 @@ def wait_idle(url: str, timeout: float = 30.0) -> tuple[float, float]:
 
 def test_stream_disconnect_aborts(server):
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", json={**LONG, "stream": True}, headers=headers
-    ) as r:
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**LONG, "stream": True}, headers=headers) as r:
         lines = r.iter_lines()
         for _ in range(4):
             next(lines)

@@ -151,9 +151,7 @@ def test_json_schema_response_format(client):
     ],
 )
 def test_invalid_fields_are_400_envelopes(server, body, param):
-    r = httpx.post(
-        f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
-    )
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
@@ -193,9 +191,7 @@ def test_prompt_alone_over_context_is_400(client):
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
 def test_missing_or_bad_api_key_is_401(server, headers):
-    r = httpx.post(
-        f"{server.url}/v1/chat/completions", json={"model": BASE, "messages": HELLO}, headers=headers
-    )
+    r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": BASE, "messages": HELLO}, headers=headers)
     assert r.status_code == 401
     assert r.json()["error"]["type"] == "authentication_error"
 

@@ -43,9 +43,7 @@ def test_token_id_prompt_equals_text_prompt(client, tiny_model):
 
 def test_streaming_concatenates_to_full_text(client):
     full = complete(client, prompt=PROMPT, max_tokens=10).choices[0].text
-    chunks = list(
-        complete(client, prompt=PROMPT, max_tokens=10, stream=True, stream_options={"include_usage": True})
-    )
+    chunks = list(complete(client, prompt=PROMPT, max_tokens=10, stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == full
     assert chunks[-1].usage.completion_tokens == 10
 

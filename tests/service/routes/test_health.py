@@ -16,9 +16,7 @@ def scrape(url: str) -> dict[str, list]:
 
 
 def sample_value(samples, name: str, **labels) -> float:
-    return sum(
-        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def test_health_and_ready_need_no_auth(server):
@@ -53,9 +51,7 @@ def test_metrics_count_requests_tokens_and_latencies(server, client):
         )
 
     assert delta("tsumugi_requests", "tsumugi_requests_total", model=BASE, endpoint="chat", status="200") == 1
-    assert (
-        delta("tsumugi_requests", "tsumugi_requests_total", model="ada", endpoint="chat", status="200") == 1
-    )
+    assert delta("tsumugi_requests", "tsumugi_requests_total", model="ada", endpoint="chat", status="200") == 1
     assert delta("tsumugi_completion_tokens", "tsumugi_completion_tokens_total", model="ada") == 5
     assert delta("tsumugi_prompt_tokens", "tsumugi_prompt_tokens_total", model=BASE) > 0
     ttft = "tsumugi_time_to_first_token_seconds"
@@ -76,9 +72,7 @@ def test_errors_are_counted_by_status(server, client):
 
     before = scrape(server.url)
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(
-            model=BASE, messages=[{"role": "user", "content": "x"}], max_tokens=10**6
-        )
+        client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "x"}], max_tokens=10**6)
     after = scrape(server.url)
     name = "tsumugi_requests_total"
     assert (

@@ -1,0 +1,51 @@
+"""Settings: flags override environment, lists parse from both, bad values fail before anything loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.__main__ import main, parse_args
+from service.config import LoRAModule, Settings
+
+
+def test_flags_are_named_like_vllm_serve():
+    args = parse_args(
+        ["--model", "m", "--lora-modules", "a=/x", "b=/y", "--api-key", "k1", "--api-key", "k2",
+         "--max-model-len", "4096", "--enforce-eager", "--tensor-parallel-size", "2"]
+    )  # fmt: skip
+    settings = Settings(**args)
+    assert settings.lora_modules == [
+        LoRAModule(name="a", path=Path("/x")),
+        LoRAModule(name="b", path=Path("/y")),
+    ]
+    assert settings.api_keys == ["k1", "k2"]
+    assert settings.max_model_len == 4096 and settings.enforce_eager and settings.tensor_parallel_size == 2
+
+
+def test_environment_fills_what_flags_leave(monkeypatch):
+    monkeypatch.setenv("TSUMUGI_MODEL", "/models/env")
+    monkeypatch.setenv("TSUMUGI_PORT", "9000")
+    monkeypatch.setenv("TSUMUGI_LORA_MODULES", "ja=/a/ja, support=/a/support")
+    monkeypatch.setenv("TSUMUGI_API_KEYS", "k1,k2")
+    settings = Settings(**parse_args(["--port", "9100"]))
+    assert settings.model == "/models/env" and settings.port == 9100
+    assert [m.name for m in settings.lora_modules] == ["ja", "support"]
+    assert settings.api_keys == ["k1", "k2"]
+    assert settings.model_name == "/models/env"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"lora_modules": ["noequals"]}, {"port": 70000}, {"gpu_memory_utilization": 1.5}, {"max_loras": 0}],
+)
+def test_bad_settings_are_rejected(kwargs):
+    with pytest.raises(ValidationError):
+        Settings(**kwargs)
+
+
+def test_cli_reports_bad_configuration_and_exits_2(capsys):
+    assert main(["--port", "-1"]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
