@@ -31,9 +31,7 @@ def failures_and_skips(reports: list[dict]) -> tuple[list[str], list[dict]]:
     failed, skipped = [], []
     for report in reports:
         results = report.get("results", {})
-        failed += [
-            f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in results.get("failed_checks", [])
-        ]
+        failed += [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in results.get("failed_checks", [])]
         skipped += results.get("skipped_checks", [])
     return failed, skipped
 

@@ -49,9 +49,7 @@ def test_training_image_installs_cuda_torch_before_the_cpu_pins():
     assert cuda_torch < train.index("-r requirements/train.txt")
     assert re.search(r'^ENTRYPOINT \["python", "-m", "training"\]', train, flags=re.MULTILINE)
     assert re.search(r"^USER \$\{UID\}", train, flags=re.MULTILINE)
-    torch_pin = re.search(
-        r"^torch==(\S+)", (ROOT / "requirements" / "train.txt").read_text(), flags=re.MULTILINE
-    )
+    torch_pin = re.search(r"^torch==(\S+)", (ROOT / "requirements" / "train.txt").read_text(), flags=re.MULTILINE)
     assert torch_pin and f"ARG TORCH_VERSION={torch_pin.group(1)}" in train, "CUDA torch must match the pin"
 
 

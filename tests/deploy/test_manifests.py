@@ -39,9 +39,7 @@ def serving_config(docs: list[dict]) -> dict:
 
 
 def _named_config(docs: list[dict]) -> dict:
-    (config,) = [
-        cm for cm in by_kind(docs, "ConfigMap") if cm["metadata"]["name"].startswith("tsumugi-config")
-    ]
+    (config,) = [cm for cm in by_kind(docs, "ConfigMap") if cm["metadata"]["name"].startswith("tsumugi-config")]
     return config
 
 
@@ -239,9 +237,7 @@ def test_config_and_secret_references_resolve(rendered, overlay):
             assert volume["persistentVolumeClaim"]["claimName"] in claims
     (server,) = pod["containers"]
     secret_refs = {
-        e["name"]: e["valueFrom"]["secretKeyRef"]
-        for e in server["env"]
-        if "secretKeyRef" in e.get("valueFrom", {})
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"] if "secretKeyRef" in e.get("valueFrom", {})
     }
     # API keys come from a Secret the operator creates (deploy/README.md); never from the ConfigMap.
     assert secret_refs["TSUMUGI_API_KEYS"] == {"name": "tsumugi-api-keys", "key": "api-keys"}
@@ -275,9 +271,7 @@ def test_lora_overlay_serves_the_adapter_the_training_job_writes(rendered):
     assert out in served.values()
     assert base == config["TSUMUGI_MODEL"], "the adapter must be served on the base it was trained on"
     claim = job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
-    assert claim in {
-        pvc["metadata"]["name"] for pvc in by_kind(rendered["overlays/lora"], "PersistentVolumeClaim")
-    }
+    assert claim in {pvc["metadata"]["name"] for pvc in by_kind(rendered["overlays/lora"], "PersistentVolumeClaim")}
 
 
 @pytest.mark.parametrize("overlay", SERVING_OVERLAYS)

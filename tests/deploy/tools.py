@@ -84,8 +84,5 @@ def pod_labels(doc: dict) -> list[dict]:
     if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
         return [spec["template"]["metadata"].get("labels", {})]
     if doc["kind"] == "JobSet":
-        return [
-            job["template"]["spec"]["template"]["metadata"].get("labels", {})
-            for job in spec["replicatedJobs"]
-        ]
+        return [job["template"]["spec"]["template"]["metadata"].get("labels", {}) for job in spec["replicatedJobs"]]
     return []
