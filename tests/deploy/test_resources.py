@@ -1,0 +1,44 @@
+"""The overlays' GPU, memory and batch sizing is what the memory planner says, not hand-picked numbers:
+each overlay's Deployment names the planner inputs in its `tsumugi.dev/sizing` annotation, and this test
+reruns deploy/plan_resources.py (which runs `python -m training memory`) and compares."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import pytest
+
+from tests.deploy.tools import ROOT, run
+
+SIZED_OVERLAYS = ["fp16", "awq"]
+
+
+def planned(command: str) -> dict:
+    script, *args = shlex.split(command)
+    result = run([sys.executable, str(ROOT / script), *args], timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("overlay", [*SIZED_OVERLAYS, "lora"])
+def test_overlay_resources_match_the_memory_planner(rendered, overlay):
+    docs = rendered[f"overlays/{overlay}"]
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    (config,) = [doc["data"] for doc in docs if doc["kind"] == "ConfigMap" and "TSUMUGI_MODEL" in doc["data"]]
+    plan = planned(deployment["metadata"]["annotations"]["tsumugi.dev/sizing"])
+    assert plan["planner"]["fits"], "the model must fit the GPU class the overlay selects"
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    for key in ("TSUMUGI_MAX_MODEL_LEN", "TSUMUGI_MAX_NUM_SEQS", "TSUMUGI_TENSOR_PARALLEL_SIZE"):
+        assert config[key] == plan[key], key
+    for resources in (server["resources"]["requests"], server["resources"]["limits"]):
+        assert resources["nvidia.com/gpu"] == plan["nvidia.com/gpu"]
+        assert resources["memory"] == plan["memory"]
+        assert resources["cpu"] == plan["cpu"]
+    (shm,) = [v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if v["name"] == "dshm"]
+    assert shm == plan["shm"]
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (gpu_class,) = [e for t in terms for e in t["matchExpressions"] if e["key"] == "nvidia.com/gpu.memory"]
+    assert gpu_class["operator"] == "Gt" and gpu_class["values"] == [plan["gpu_memory_mib_gt"]]
