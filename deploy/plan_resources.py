@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--gpu-gib", type=float, required=True, help="memory of one GPU of the target class")
     args = parser.parse_args()
-    print(json.dumps(sizing(args.model, args.dtype, args.max_model_len, args.gpu_gib), indent=2))
+    sys.stdout.write(json.dumps(sizing(args.model, args.dtype, args.max_model_len, args.gpu_gib), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ wrapper and `test_prometheusrule_matches_alert_rules` fails whenever the two dis
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -51,4 +52,4 @@ def render() -> str:
 
 if __name__ == "__main__":
     PROMETHEUS_RULE.write_text(render())
-    print(f"wrote {PROMETHEUS_RULE.relative_to(ROOT)}")
+    sys.stdout.write(f"wrote {PROMETHEUS_RULE.relative_to(ROOT)}\n")
