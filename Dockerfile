@@ -43,12 +43,12 @@ FROM ${VLLM_IMAGE}:${VLLM_VERSION} AS serve
 ARG UID=10001
 ARG PYDANTIC_SETTINGS_VERSION=2.16.3
 # Every cache vLLM, torch.compile, Triton and Hugging Face write goes under /var/cache/tsumugi (an emptyDir
-# in Kubernetes) so the root filesystem can be read-only. Usage stats off: clusters are often air-gapped.
+# in Kubernetes) so the root filesystem, and the model volume, can be read-only. Usage stats off: clusters are often air-gapped.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PYTHONPATH=/opt/tsumugi \
     HOME=/home/tsumugi \
-    HF_HOME=/models/hf \
+    HF_HOME=/var/cache/tsumugi/hf \
     XDG_CACHE_HOME=/var/cache/tsumugi \
     XDG_CONFIG_HOME=/var/cache/tsumugi/config \
     VLLM_CACHE_ROOT=/var/cache/tsumugi/vllm \
