@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import yaml
@@ -91,3 +92,22 @@ def test_dashboard_covers_the_serving_signals():
 def test_autoscaler_scales_on_vllm_queue_depth():
     (query,) = promql.autoscaling_expressions().values()
     assert "vllm:num_requests_waiting" in query
+
+
+def test_dashboard_panels_are_well_formed():
+    """Grafana would silently merge duplicate ids and stack overlapping panels; every query needs a refId."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells = [
+        (panel["gridPos"]["x"] + dx, panel["gridPos"]["y"] + dy)
+        for panel in panels
+        for dx in range(panel["gridPos"]["w"])
+        for dy in range(panel["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells)), "panels overlap"
+    for panel in panels:
+        ref_ids = [target["refId"] for target in panel["targets"]]
+        assert ref_ids and len(ref_ids) == len(set(ref_ids)), panel["title"]
+    variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+    assert {"datasource", "job", "model"} <= variables
