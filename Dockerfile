@@ -24,7 +24,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/tsumugi \
     HF_HOME=/models/hf \
     XDG_CACHE_HOME=/var/cache/tsumugi \
-    TRITON_CACHE_DIR=/var/cache/tsumugi/triton
+    TRITON_CACHE_DIR=/var/cache/tsumugi/triton \
+    TORCHINDUCTOR_CACHE_DIR=/var/cache/tsumugi/inductor \
+    MPLCONFIGDIR=/var/cache/tsumugi/matplotlib
 WORKDIR /opt/tsumugi
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY requirements/train.txt requirements/train.txt

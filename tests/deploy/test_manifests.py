@@ -35,11 +35,8 @@ def matches(selector: dict, labels: dict) -> bool:
 
 
 def serving_config(docs: list[dict]) -> dict:
-    return one(docs, "ConfigMap") if len(by_kind(docs, "ConfigMap")) == 1 else _named_config(docs)
-
-
-def _named_config(docs: list[dict]) -> dict:
-    (config,) = [cm for cm in by_kind(docs, "ConfigMap") if cm["metadata"]["name"].startswith("tsumugi-config")]
+    """The generated tsumugi-config ConfigMap (its name carries kustomize's content hash)."""
+    (config,) = [cm for cm in by_kind(docs, "ConfigMap") if cm["metadata"]["name"].startswith("tsumugi-config-")]
     return config
 
 
@@ -105,7 +102,7 @@ def test_names_are_valid(rendered, name):
         if doc["kind"] in {"Service", "Namespace"}:
             assert len(meta_name) <= 63 and DNS1123_LABEL.match(meta_name), meta_name
         for key, value in doc["metadata"].get("labels", {}).items():
-            assert len(value) <= 63 and re.match(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]?$", value), (
+            assert len(value) <= 63 and re.match(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$", value), (
                 key,
                 value,
             )
