@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     add_sft_parser(commands)
     add_merge_parser(commands)
     add_quantize_parser(commands)
-    from training.memory import add_memory_parser
     from training.demo import add_demo_parser
+    from training.memory import add_memory_parser
 
     add_memory_parser(commands)
     add_demo_parser(commands)

@@ -92,16 +92,17 @@ def _nonblank_lines(data: bytes) -> list[tuple[int, bytes]]:
 
 def _parse_jsonl_line(path: Path, number: int, line: bytes) -> tuple[str, object]:
     location = f"{path}: line {number}"
-    text = _decode(path, line, f"line {number}")
     try:
-        return location, json.loads(text)
+        return location, json.loads(_decode(path, line, f"line {number}"))
+    except DataError as error:
+        return location, _BrokenLine(str(error))
     except json.JSONDecodeError as error:
         return location, _BrokenLine(f"{location}: invalid JSON: {error.msg} (column {error.colno})")
 
 
 @dataclass(frozen=True)
 class _BrokenLine:
-    """A JSONL line that does not parse; kept as a value so `--skip-invalid` can report and skip it."""
+    """A JSONL line that does not decode or parse; kept as a value so `--skip-invalid` can report and skip it."""
 
     message: str
 
@@ -110,7 +111,9 @@ def _decode(path: Path, data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: {where}: not valid UTF-8 (byte {error.start}: {data[error.start:error.start + 1]!r})")
+        raise DataError(
+            f"{path}: {where}: not valid UTF-8 (byte {error.start}: {data[error.start : error.start + 1]!r})"
+        ) from error
 
 
 def parse_record(raw: object, location: str) -> Record:

@@ -103,8 +103,12 @@ class ServedModel:
         """Greedy reply to one user message."""
         response = httpx.post(
             f"{self.url}/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": text}], "temperature": 0,
-                  "max_tokens": max_tokens},  # fmt: skip
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": text}],
+                "temperature": 0,
+                "max_tokens": max_tokens,
+            },
             timeout=120,
         )
         response.raise_for_status()

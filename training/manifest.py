@@ -44,7 +44,7 @@ def library_versions() -> dict[str, str]:
     for name in LIBRARIES:
         try:
             found[name] = version(name)
-        except Exception:  # noqa: BLE001 - a missing optional library is simply not recorded
+        except Exception:
             continue
     return found
 

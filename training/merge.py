@@ -20,7 +20,9 @@ MERGE_DTYPES = ("bf16", "fp16", "fp32")
 def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> Path:
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from training.models import load_causal_lm
 
     if dtype not in MERGE_DTYPES:
         raise ValueError(f"--dtype must be one of {MERGE_DTYPES}, got {dtype!r}")
@@ -32,7 +34,7 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> P
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = load_causal_lm(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     target_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     merged = merged.to(target_dtype)

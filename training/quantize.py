@@ -40,8 +40,8 @@ def quantised_linear_widths(model) -> list[int]:
 
 def build_recipe(method: str, group_size: int) -> list:
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from llmcompressor.modifiers.transform.awq import AWQModifier
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
 
     weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=group_size)
     groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights)}
@@ -98,7 +98,9 @@ def quantize_model(
     group_size: int | None = None,
 ) -> Path:
     from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from training.models import load_causal_lm
 
     out = Path(out)
     if out.exists():
@@ -107,7 +109,7 @@ def quantize_model(
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = calibration_dataset(Path(data), tokenizer, template, num_samples, max_length)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+    model = load_causal_lm(str(model_dir), dtype="auto")
     group_size = group_size or choose_group_size(quantised_linear_widths(model))
     with cpu_safe_activation_pinning():
         oneshot(

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoTokenizer, BitsAndBytesConfig
 from trl import SFTConfig as TrlSFTConfig
 
 from training.checkpoints import AtomicCheckpointSFTTrainer, latest_checkpoint, publish_directory
@@ -28,6 +28,7 @@ from training.config import SFTConfig
 from training.data import load_records, split_records
 from training.examples import adapter_chat_template, build_examples
 from training.manifest import build_manifest, write_loss_curve
+from training.models import load_causal_lm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,7 +64,11 @@ class SFTRecipe:
             return torch.bfloat16  # QLoRA's compute dtype; bitsandbytes 0.50 runs it on CPU too
         if torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        # On CPUs with native bf16 matmuls (AVX512-BF16 / AMX) a bf16 LoRA step is ~3x faster than fp32
+        # (SmolLM2, 2 cores: 5 s vs 16 s per batch of 8); elsewhere bf16 is emulated and slower.
+        native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        native_bf16 = native_bf16 or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if native_bf16 else torch.float32
 
     def _prepare_work_dir(self) -> None:
         if self.out_dir.exists():
@@ -112,7 +117,7 @@ class SFTRecipe:
                 kwargs["device_map"] = {"": torch.cuda.current_device()}
         # Not peft's prepare_model_for_kbit_training: it upcasts every unquantised weight to fp32
         # (+2.5 GiB and -25% speed on an 8B QLoRA); TRL enables input gradients for checkpointing itself.
-        self.model = AutoModelForCausalLM.from_pretrained(self.cfg.base, **kwargs)
+        self.model = load_causal_lm(self.cfg.base, **kwargs)
         # from_pretrained returns eval mode, where HF silently skips gradient checkpointing.
         self.model.train()
 
