@@ -70,7 +70,7 @@ def validate_custom_resource(doc: dict) -> None:
         raise ManifestError(f"{doc['kind']}/{doc['metadata']['name']}: unknown fields {unknown}")
 
 
-def validate_jobset(doc: dict) -> None:
+def validate_jobset(doc: dict, version: str = KUBERNETES_VERSION) -> None:
     if doc["apiVersion"] != "jobset.x-k8s.io/v1alpha2":
         raise ManifestError(f"JobSet apiVersion {doc['apiVersion']} is not jobset.x-k8s.io/v1alpha2")
     spec = doc["spec"]
@@ -87,23 +87,23 @@ def validate_jobset(doc: dict) -> None:
             },
             "spec": job["template"]["spec"],
         }
-        validate_builtin(as_job)
+        validate_builtin(as_job, version)
     if unknown:
         raise ManifestError(f"JobSet/{doc['metadata']['name']}: unknown fields {sorted(unknown)}")
 
 
-def validate_builtin(doc: dict) -> None:
+def validate_builtin(doc: dict, version: str = KUBERNETES_VERSION) -> None:
     try:
-        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        kubernetes_validate.validate(doc, version, strict=True)
     except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as error:
         raise ManifestError(f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}: {error}") from error
 
 
-def validate(doc: dict) -> None:
-    """Raise ManifestError unless `doc` would be accepted by a v1.33 API server with our CRDs installed."""
+def validate(doc: dict, version: str = KUBERNETES_VERSION) -> None:
+    """Raise ManifestError unless `doc` would be accepted by an API server of `version` with our CRDs."""
     if (doc["apiVersion"], doc["kind"]) in CRD_MODELS:
         validate_custom_resource(doc)
     elif doc["kind"] == "JobSet":
-        validate_jobset(doc)
+        validate_jobset(doc, version)
     else:
-        validate_builtin(doc)
+        validate_builtin(doc, version)

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.deploy import schema
-from tests.deploy.tools import KUSTOMIZATIONS, SERVING_OVERLAYS, pod_specs
+from tests.deploy.tools import KUSTOMIZATIONS, SERVING_OVERLAYS, SUPPORTED_KUBERNETES_VERSIONS, pod_specs
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -47,12 +47,20 @@ def all_containers(pod_spec: dict) -> list[dict]:
 # -- rendering and schemas ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", SUPPORTED_KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
-def test_renders_and_passes_strict_schema_validation(rendered, name):
+def test_renders_and_passes_strict_schema_validation(rendered, name, version):
     docs = rendered[name]
     assert docs, f"{name} rendered nothing"
     for doc in docs:
-        schema.validate(doc)
+        schema.validate(doc, version)
+
+
+def test_clusters_older_than_the_supported_range_are_refused(rendered):
+    """1.28 has no preStop `sleep` action: strict validation says so instead of the kubelet ignoring it."""
+    deployment = one(rendered["overlays/fp16"], "Deployment")
+    with pytest.raises(schema.ManifestError, match="sleep"):
+        schema.validate(deployment, "1.28.0")
 
 
 @pytest.mark.parametrize("overlay", SERVING_OVERLAYS)

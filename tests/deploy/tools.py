@@ -23,8 +23,10 @@ ALERT_RULES = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tsumugi.json"
 
-# The Kubernetes version the manifests are validated against (and documented for, deploy/README.md).
+# The Kubernetes version the manifests are written for (deploy/README.md), and the supported range they are
+# also validated against: 1.30 is the first release with the preStop `sleep` action enabled by default.
 KUBERNETES_VERSION = "1.33.0"
+SUPPORTED_KUBERNETES_VERSIONS = ["1.30.0", KUBERNETES_VERSION, "1.37.0"]
 
 # Every kustomization an operator applies: the serving overlays and the training workloads.
 SERVING_OVERLAYS = ["fp16", "awq", "lora"]
@@ -76,13 +78,4 @@ def pod_specs(doc: dict) -> list[dict]:
         return [spec["template"]["spec"]]
     if doc["kind"] == "JobSet":
         return [job["template"]["spec"]["template"]["spec"] for job in spec["replicatedJobs"]]
-    return []
-
-
-def pod_labels(doc: dict) -> list[dict]:
-    spec = doc.get("spec", {})
-    if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
-        return [spec["template"]["metadata"].get("labels", {})]
-    if doc["kind"] == "JobSet":
-        return [job["template"]["spec"]["template"]["metadata"].get("labels", {}) for job in spec["replicatedJobs"]]
     return []
