@@ -4,8 +4,22 @@
 # the copy goes to a private temp dir and is renamed into place only when finished.
 set -eu
 target="${TSUMUGI_MODEL:?}"
+
+# LoRA adapters are not downloaded: the training Job writes them to the volume. Fail here, with a message
+# in `kubectl logs -c fetch-model`, rather than let the engine crash-loop on a missing adapter.
+check_adapters() {
+  for module in $(echo "${TSUMUGI_LORA_MODULES:-}" | tr ',' ' '); do
+    adapter="${module#*=}"
+    if [ ! -f "$adapter/adapter_config.json" ]; then
+      echo "LoRA adapter ${module%%=*} missing at $adapter: run the training Job (k8s/training/qlora) first" >&2
+      exit 1
+    fi
+  done
+}
+
 if [ -f "$target/.tsumugi-complete" ]; then
   echo "model cache hit: $target"
+  check_adapters
   exit 0
 fi
 partial="$target.partial-$(hostname)"
@@ -30,3 +44,4 @@ else
   mv "$partial" "$target"
 fi
 echo "model cached: $target"
+check_adapters

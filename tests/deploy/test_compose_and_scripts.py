@@ -61,8 +61,9 @@ def fake_aws(bin_dir: Path) -> None:
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
 
 
-def fetch(tmp_path: Path, target: Path):
+def fetch(tmp_path: Path, target: Path, lora_modules: str = ""):
     env = {
+        "TSUMUGI_LORA_MODULES": lora_modules,
         "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "TSUMUGI_MODEL": str(target),
         "MODEL_SOURCE": "s3://bucket/llama",
@@ -96,3 +97,17 @@ def test_fetch_script_replaces_an_incomplete_copy(tmp_path):
     result = fetch(tmp_path, target)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in target.iterdir()) == [".tsumugi-complete", "model.safetensors"]
+
+
+def test_fetch_script_refuses_to_start_without_the_trained_adapters(tmp_path):
+    (tmp_path / "bin").mkdir()
+    fake_aws(tmp_path / "bin")
+    target = tmp_path / "models" / "llama"
+    target.parent.mkdir()
+    adapter = tmp_path / "models" / "adapters" / "ja-alpaca"
+    missing = fetch(tmp_path, target, lora_modules=f"ja-alpaca={adapter}")
+    assert missing.returncode != 0 and "ja-alpaca missing" in missing.stderr
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    present = fetch(tmp_path, target, lora_modules=f"ja-alpaca={adapter}")
+    assert present.returncode == 0 and "cache hit" in present.stdout, present.stderr
