@@ -30,9 +30,7 @@ EngineFactory = Callable[[Settings, list[Path]], Engine]
 STATS_INTERVAL_S = 10.0
 
 
-def load_runner(
-    settings: Settings, state: ServiceState, metrics: ServiceMetrics, start_engine: EngineFactory
-):
+def load_runner(settings: Settings, state: ServiceState, metrics: ServiceMetrics, start_engine: EngineFactory):
     """Check adapters, load the tokenizer, start the engine (blocking; runs in a worker thread)."""
     registry = ModelRegistry.from_modules(settings.model_name, settings.model, settings.lora_modules)
     tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model)
@@ -60,9 +58,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServiceState = app.state.service_state
-        loader = asyncio.create_task(
-            asyncio.to_thread(load_runner, settings, state, app.state.metrics, start_engine)
-        )
+        loader = asyncio.create_task(asyncio.to_thread(load_runner, settings, state, app.state.metrics, start_engine))
         app.state.loader = loader
         loader.add_done_callback(lambda task: _on_loaded(app, task))
         try:

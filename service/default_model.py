@@ -45,10 +45,12 @@ def convert(out_dir: Path = DEFAULT_MODEL_DIR) -> Path:
 
     source = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        source.parent, gguf_file=source.name, dtype=torch.float32
-    )
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    config = gguf_model.config
+    # The weights are dequantised now; a leftover `quantization_config: gguf` would make vLLM look for GGUF.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.to(torch.bfloat16)
     model.generation_config = gguf_model.generation_config

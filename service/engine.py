@@ -64,7 +64,6 @@ class EngineStep:
     deltas: list[EngineDelta]
     num_prompt_tokens: int
     finished: bool
-    aborted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +105,7 @@ def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
             key_b: weights.get_tensor(key_b)[:, :1].contiguous().zero_(),
         }
     module = key_a.split(".lora_A.")[0].rsplit(".", 1)[-1]
-    null_config = {
-        key: config[key] for key in ("base_model_name_or_path", "task_type", "peft_type") if key in config
-    }
+    null_config = {key: config[key] for key in ("base_model_name_or_path", "task_type", "peft_type") if key in config}
     null_config.update(r=1, lora_alpha=1, target_modules=[module], bias="none", lora_dropout=0.0)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / "adapter_model.safetensors"))
@@ -221,8 +218,7 @@ class Engine:
         try:
             async for output in stream:
                 deltas = [_delta(choice, want_logprobs) for choice in output.outputs]
-                aborted = any(choice.finish_reason == "abort" for choice in output.outputs)
-                yield EngineStep(deltas, len(output.prompt_token_ids or ()), output.finished, aborted)
+                yield EngineStep(deltas, len(output.prompt_token_ids or ()), output.finished)
         except (VLLMClientError, ValueError, TypeError) as exc:
             raise InvalidRequest(str(exc)) from exc
         except GracefulHTTPError as exc:

@@ -52,9 +52,7 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.prompt_tokens = Counter(
-            "tsumugi_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
-        )
+        self.prompt_tokens = Counter("tsumugi_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
         self.completion_tokens = Counter(
             "tsumugi_completion_tokens", "Completion tokens generated.", ["model"], registry=r
         )

@@ -97,12 +97,15 @@ class RequestRunner:
                 for engine_id, ids, p in zip(engine_ids, prompts, params, strict=True)
             ]
             steps = _tagged(parts[0], 0) if len(parts) == 1 else _merged(parts)
+            num_finished = 0
             async for index, step in steps:
                 tracker.on_tokens(sum(d.num_new_tokens for d in step.deltas))
-                if step.aborted:
-                    result.aborted = True
-                    status = ServiceUnavailable.status
+                num_finished += sum(1 for d in step.deltas if d.finish_reason)
                 yield index, step
+            # Choices that ended without stop/length were aborted in the engine (the drain does that).
+            if num_finished < sum(p.n for p in params):
+                result.aborted = True
+                status = ServiceUnavailable.status
             result.num_prompt_tokens = sum(len(ids) for ids in prompts)
             result.num_completion_tokens = tracker.num_output_tokens
         except APIError as exc:

@@ -66,9 +66,7 @@ def chat_logprobs(delta: EngineDelta, top_logprobs: int) -> list[dict]:
             "token": lp.token,
             "logprob": lp.logprob,
             "bytes": list(lp.token.encode()),
-            "top_logprobs": [
-                {"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top[:top_logprobs]
-            ],
+            "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top[:top_logprobs]],
         }
         for lp in delta.logprobs or ()
     ]

@@ -19,9 +19,7 @@ from service.streaming import ChunkEncoder, chat_choice, chat_logprobs, sse_even
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 
-def chat_params(
-    body: ChatCompletionRequest, runner: RequestRunner, num_prompt_tokens: int
-) -> GenerationParams:
+def chat_params(body: ChatCompletionRequest, runner: RequestRunner, num_prompt_tokens: int) -> GenerationParams:
     schema = None
     if body.response_format and body.response_format.type == "json_schema":
         schema = body.response_format.json_schema.schema_ or {"type": "object"}

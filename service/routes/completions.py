@@ -19,9 +19,7 @@ from service.streaming import ChunkEncoder, completion_choice, completion_logpro
 router = APIRouter(prefix="/v1", tags=["completions"])
 
 
-def completion_params(
-    body: CompletionRequest, runner: RequestRunner, num_prompt_tokens: int
-) -> GenerationParams:
+def completion_params(body: CompletionRequest, runner: RequestRunner, num_prompt_tokens: int) -> GenerationParams:
     return GenerationParams(
         max_tokens=runner.max_tokens_for(body.max_tokens, num_prompt_tokens),
         n=body.n,
@@ -71,9 +69,7 @@ async def create_completion(
             first,
             steps,
             encoder,
-            lambda prompt_index, delta: completion_choice(
-                delta, prompt_index * n + delta.index, body.logprobs
-            ),
+            lambda prompt_index, delta: completion_choice(delta, prompt_index * n + delta.index, body.logprobs),
             result,
             opening=opening,
             include_usage=include_usage,

@@ -10,15 +10,19 @@ import time
 import httpx
 import pytest
 
+from tests.fixtures.tiny_model import build_tiny_llama
 from tests.service.server import ServiceProcess
 
 DRAIN_TIMEOUT = 6
+LONG_TOKENS = 8000
 
 
 @pytest.fixture
-def draining_server(tiny_model, tmp_path):
+def draining_server(tmp_path):
+    # A long context, so one stream can outlast the drain timeout at any speed this machine has.
+    model = build_tiny_llama(tmp_path / "tiny-long", seed=0, max_positions=LONG_TOKENS + 192)
     proc = ServiceProcess(
-        ["--model", str(tiny_model), "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT)],
+        ["--model", str(model), "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT)],
         tmp_path / "drain.log",
     ).start()
     yield proc
@@ -48,7 +52,7 @@ def test_sigterm_drains_then_exits_zero(draining_server):
     )
     tokens_per_s = 100 / (time.monotonic() - started)
     short_tokens = max(8, int(tokens_per_s * DRAIN_TIMEOUT * 0.3))
-    long_tokens = 1000  # past the drain timeout at any speed this box has (max_model_len 1024)
+    long_tokens = LONG_TOKENS
     assert long_tokens / tokens_per_s > DRAIN_TIMEOUT * 1.5, f"{tokens_per_s:.0f} tokens/s is too fast"
 
     short, long = [], []
