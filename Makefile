@@ -90,4 +90,4 @@ bench-train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training.bench
 
 clean:
-	rm -rf .venv-serve .venv-train .pytest_cache .ruff_cache
+	rm -rf .venv-serve .venv-train .venv-tools .pytest_cache .ruff_cache

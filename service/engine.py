@@ -29,6 +29,7 @@ from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from service.config import Settings
@@ -155,7 +156,8 @@ class Engine:
             path = write_null_adapter(adapter_paths[0], Path(tempdir.name))
             null_adapter = AdapterHandle(NULL_ADAPTER_NAME, lora_id=len(adapter_paths) + 1, path=str(path))
         args = build_engine_args(settings, len(adapter_paths), use_null_adapter)
-        llm = AsyncLLM.from_engine_args(args)
+        # The API-server usage context picks vLLM's serving defaults (batch sizes, max_num_seqs), as `vllm serve`.
+        llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
         model_config = llm.model_config
         info = EngineInfo(
             max_model_len=model_config.max_model_len,
