@@ -49,10 +49,13 @@ class SFTRecipe:
         self.skipped_records: list[str] = []
 
     def setup(self) -> SFTRecipe:
-        """Build everything in dependency order; data is validated before the (possibly large) model loads."""
-        self._prepare_work_dir()
+        """Build everything in dependency order. Data is validated before anything is written and before the
+        (possibly large) model loads, so bad data leaves no trace on disk."""
+        if self.out_dir.exists():
+            raise FileExistsError(f"{self.out_dir} already exists; remove it or choose another --out")
         self._setup_tokenizer()
         self._setup_data()
+        self._prepare_work_dir()
         self._setup_model()
         self._setup_trainer()
         return self
@@ -71,8 +74,6 @@ class SFTRecipe:
         return torch.bfloat16 if native_bf16 else torch.float32
 
     def _prepare_work_dir(self) -> None:
-        if self.out_dir.exists():
-            raise FileExistsError(f"{self.out_dir} already exists; remove it or choose another --out")
         saved_config = self.work_dir / "sft_config.json"
         if self.cfg.resume and saved_config.exists():
             previous = json.loads(saved_config.read_text(encoding="utf-8"))
