@@ -83,6 +83,8 @@ def run_sft_command(args: argparse.Namespace) -> None:
         overrides["optim.max_steps"] = -1
     if args.data:
         overrides["data.paths"] = [str(p) for p in args.data]
+    if args.target_modules == ["all-linear"]:
+        overrides["lora.target_modules"] = "all-linear"  # peft's keyword, not a module name
     out = run_sft(load_config(args.config, overrides))
     print(f"adapter written to {out}")
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quantized model written to {quantize_from_args(args)}")
         else:
             args.handler(args)
-    except (DataError, ConfigError, FileExistsError) as error:
+    except (DataError, ConfigError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
