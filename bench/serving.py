@@ -70,7 +70,7 @@ def run_load(port: int, num_prompts: int, concurrency: int) -> dict:
             "--model", MODEL, "--tokenizer", MODEL,
             "--dataset-name", "random", "--random-input-len", "64", "--random-output-len", "64",
             "--ignore-eos", "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
-            "--seed", "0", "--disable-tqdm",
+            "--seed", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
         ]
     )  # fmt: skip
     return main(args)
@@ -113,10 +113,10 @@ def write_report(rounds: list[dict], args: argparse.Namespace) -> str:
     ]
     for i, r in enumerate(rounds, 1):
         for name in ("tsumugi", "vllm"):
-            m = r[name]
+            m = {key: ("n/a" if value is None else f"{value:.1f}") for key, value in r[name].items()}
             lines.append(
-                f"| {i} | {name} | {m['output_throughput']:.1f} | {m['median_ttft_ms']:.0f} | "
-                f"{m['p99_ttft_ms']:.0f} | {m['median_itl_ms']:.1f} | {m['median_e2el_ms']:.0f} |"
+                f"| {i} | {name} | {m['output_throughput']} | {m['median_ttft_ms']} | {m['p99_ttft_ms']} | "
+                f"{m['median_itl_ms']} | {m['median_e2el_ms']} |"
             )
     lines += [
         "",
@@ -148,7 +148,13 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--port", type=int, default=8400)
+    parser.add_argument("--report-from", type=Path, help="rewrite the report from a log of an earlier run")
     args = parser.parse_args()
+    if args.report_from:
+        lines = args.report_from.read_text().splitlines()
+        rounds = [json.loads(line) for line in lines if line.startswith('{"round"')]
+        update_benchmarks_md(write_report([{k: r[k] for k in SERVERS} for r in rounds], args))
+        return
     log_dir = REPO / "runs" / "bench"
     log_dir.mkdir(parents=True, exist_ok=True)
     rounds = []

@@ -66,6 +66,9 @@ def create_app(
         finally:
             if not loader.done():
                 loader.cancel()
+            stats_task = getattr(app.state, "stats_task", None)
+            if stats_task is not None:
+                stats_task.cancel()
             runner: RequestRunner | None = getattr(app.state, "runner", None)
             if runner is not None:
                 if not state.draining:

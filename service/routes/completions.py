@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.auth import APIKeyDep
 from service.deps import RunnerDep
+from service.engine import EngineDelta
 from service.prompts import encode_prompt
 from service.protocol import CompletionRequest, GenerationParams
 from service.routes.responses import collect, start_stream
@@ -59,12 +60,8 @@ async def create_completion(
         encoder = ChunkEncoder("text_completion", response_id, created, body.model, include_usage)
         opening = b""
         if body.echo:
-            opening = encoder.choices(
-                [
-                    f'{{"index":{i},"text":{_json(texts[i // n])},"logprobs":null,"finish_reason":null}}'
-                    for i in range(len(prompts) * n)
-                ]
-            )
+            echoed = [EngineDelta(0, texts[i // n], 0, None) for i in range(len(prompts) * n)]
+            opening = encoder.choices([completion_choice(d, i, None) for i, d in enumerate(echoed)])
         events = sse_events(
             first,
             steps,
@@ -97,9 +94,3 @@ async def create_completion(
             "usage": usage(result),
         }
     )
-
-
-def _json(text: str) -> str:
-    import json
-
-    return json.dumps(text, ensure_ascii=False)
