@@ -69,3 +69,8 @@ def test_n_with_batch(client):
 def test_bad_prompts_are_400(client, prompt):
     with pytest.raises(openai.BadRequestError):
         complete(client, prompt=prompt, max_tokens=2)
+
+
+def test_streaming_echo_opens_with_the_prompt(client):
+    chunks = list(complete(client, prompt=PROMPT, max_tokens=3, echo=True, stream=True))
+    assert chunks[0].choices[0].text == PROMPT
