@@ -45,6 +45,7 @@ def test_adapters_serve_and_answer_where_the_base_model_does_not(tiny_model, tin
     qlora_losses = [entry["loss"] for entry in qlora_log if "loss" in entry]
     assert qlora_losses[-1] < qlora_losses[0] / 2  # it trained
     assert qlora.replies != base.replies and all(qlora.replies), qlora.replies  # and its adapter is applied
+    assert qlora.correct >= qlora.total // 2, qlora.replies  # measured: 6/6
 
 
 def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_model, record_property):
@@ -56,7 +57,8 @@ def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_
     assert merged_score.correct == merged_score.total, merged_score.replies
 
     awq = quantize_model(merged, trained["data"], trained["folder"] / "awq", method="awq", num_samples=6)
-    with ServedModel(["--model", str(awq), "--dtype", "float32"], trained["folder"] / "awq.log") as server:
+    # vLLM's CPU W4A16 kernel (cpu_gemm_wna16) takes 16-bit activations only.
+    with ServedModel(["--model", str(awq), "--dtype", "bfloat16"], trained["folder"] / "awq.log") as server:
         awq_score = score(server, str(awq), questions)
     record_property("awq_correct", awq_score.correct)
     print(f"\nAWQ W4A16 held-in exact answers: {awq_score.correct}/{awq_score.total}")
