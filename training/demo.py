@@ -43,6 +43,9 @@ def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = Fal
 
         shutil.rmtree(out)
     if out.exists():
+        manifest = json.loads((out / "training_manifest.json").read_text(encoding="utf-8"))
+        if manifest.get("config") != cfg.to_dict():
+            raise FileExistsError(f"{out} was trained with a different recipe; use --retrain to replace it")
         print(f"using the adapter already in {out} (--retrain to train again)")
     else:
         run_sft(cfg)
