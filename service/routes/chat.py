@@ -23,20 +23,8 @@ def chat_params(body: ChatCompletionRequest, runner: RequestRunner, num_prompt_t
     schema = None
     if body.response_format and body.response_format.type == "json_schema":
         schema = body.response_format.json_schema.schema_ or {"type": "object"}
-    return GenerationParams(
-        max_tokens=runner.max_tokens_for(body.requested_max_tokens(), num_prompt_tokens),
-        n=body.n,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        stop=tuple(body.stop_list()),
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty,
-        ignore_eos=body.ignore_eos,
-        min_tokens=body.min_tokens,
+    return body.generation_params(
+        runner.max_tokens_for(body.requested_max_tokens(), num_prompt_tokens),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         json_schema=schema,
         json_object=bool(body.response_format and body.response_format.type == "json_object"),

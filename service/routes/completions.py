@@ -21,22 +21,7 @@ router = APIRouter(prefix="/v1", tags=["completions"])
 
 
 def completion_params(body: CompletionRequest, runner: RequestRunner, num_prompt_tokens: int) -> GenerationParams:
-    return GenerationParams(
-        max_tokens=runner.max_tokens_for(body.max_tokens, num_prompt_tokens),
-        n=body.n,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        stop=tuple(body.stop_list()),
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty,
-        ignore_eos=body.ignore_eos,
-        min_tokens=body.min_tokens,
-        logprobs=body.logprobs,
-    )
+    return body.generation_params(runner.max_tokens_for(body.max_tokens, num_prompt_tokens), logprobs=body.logprobs)
 
 
 @router.post("/completions", response_model=None)
