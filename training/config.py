@@ -38,8 +38,11 @@ class DataSettings:
     template: str = "alpaca-ja"
     validation_fraction: float = 0.05
     max_length: int = 512
-    packing: bool = True
+    # True: padding-free rows of whole records; False: padded batches of similar-length records; "auto": packing
+    # only where attention has variable-length kernels (flash-attention on CUDA). See SFTRecipe._choose_packing.
+    packing: bool | str = "auto"
     skip_invalid: bool = False
+    records: list[int] | None = None  # train on only these records (0-based, load order); None: all
 
 
 @dataclass
@@ -79,6 +82,14 @@ class SFTConfig:
         _require(self.method in METHODS, "method", f"must be one of {METHODS}")
         _require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         _require(self.data.template in TEMPLATE_NAMES, "data.template", f"must be one of {TEMPLATE_NAMES}")
+        _require(self.data.packing in (True, False, "auto"), "data.packing", "must be true, false or auto")
+        records = self.data.records
+        _require(
+            records is None or (bool(records) and all(type(i) is int for i in records)),
+            "data.records",
+            "must be a non-empty list of record numbers (0-based)",
+        )
+        _require(records is None or len(set(records)) == len(records), "data.records", "lists a record twice")
         _require(self.optim.scheduler in SCHEDULERS, "optim.scheduler", f"must be one of {SCHEDULERS}")
         _require(self.lora.r > 0 and self.lora.alpha > 0, "lora.r/lora.alpha", "must be positive")
         _require(self.optim.lr > 0, "optim.lr", "must be positive")

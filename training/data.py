@@ -175,6 +175,19 @@ def record_key(record: Record) -> str:
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+def select_records(records: list[Record], indices: list[int] | None) -> list[Record]:
+    """The records at these 0-based positions (load order across the files), or all of them for `None`.
+
+    For training on a focused subset of a larger file without copying it, e.g. the demo teaching exactly the
+    questions it then asks; an index that does not exist is an error, not an empty selection."""
+    if indices is None:
+        return records
+    missing = [i for i in indices if not 0 <= i < len(records)]
+    if missing:
+        raise DataError(f"data.records: {missing} out of range; the data has {len(records)} records (0-based)")
+    return [records[i] for i in indices]
+
+
 def split_records(records: list[Record], validation_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Deterministic train/validation split by hashing (seed, record content) into [0, 1)."""
     if not 0.0 <= validation_fraction < 1.0:

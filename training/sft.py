@@ -1,10 +1,10 @@
 """The SFT recipe: LoRA or QLoRA fine-tuning of a causal LM on instruction data, with TRL's SFTTrainer.
 
 Our part is the recipe around the trainer: validated data rendered with the chosen prompt format and a
-response-only loss mask, padding-free packing (each batch is one row of concatenated records whose position
-ids restart per record, so attention never crosses records), atomic checkpoints and exact resume, and an
-output directory that appears in one rename when training has finished. The run lives in `<out>.partial/`
-until then; `--resume` continues from its newest checkpoint.
+response-only loss mask, batches without padding waste (padding-free packing where the attention kernel
+handles variable-length rows, padded batches of similar-length records elsewhere), atomic checkpoints and
+exact resume, and an output directory that appears in one rename when training has finished. The run
+lives in `<out>.partial/` until then; `--resume` continues from its newest checkpoint.
 
 The published adapter directory holds the peft adapter (loadable by vLLM as a LoRA module), the tokenizer
 with the training prompt format as its chat template, `training_manifest.json`, `train_log.json` and
@@ -25,7 +25,7 @@ from trl import SFTConfig as TrlSFTConfig
 
 from training.checkpoints import AtomicCheckpointSFTTrainer, latest_checkpoint, publish_directory
 from training.config import SFTConfig
-from training.data import load_records, split_records
+from training.data import load_records, select_records, split_records
 from training.examples import adapter_chat_template, build_examples
 from training.manifest import build_manifest, write_loss_curve
 from training.models import load_causal_lm
@@ -42,6 +42,7 @@ class SFTRecipe:
         self.work_dir = self.out_dir.with_name(self.out_dir.name + ".partial")
         self.checkpoint_dir = self.work_dir / "checkpoints"
         self.dtype = self._choose_dtype()
+        self.packing = self._choose_packing()
         self.tokenizer = None
         self.model = None
         self.trainer = None
@@ -73,6 +74,17 @@ class SFTRecipe:
         native_bf16 = native_bf16 or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
         return torch.bfloat16 if native_bf16 else torch.float32
 
+    def _choose_packing(self) -> bool:
+        """Padding-free packing pays only where attention runs per record (flash-attention's variable-length
+        kernels). Under SDPA or eager attention a packed row is one long sequence with a block-diagonal mask:
+        correct, but attention work grows with the square of the row instead of each record's length. Measured
+        here (CPU, SmolLM2, LoRA, 8 records of ~144 tokens): 203 real tokens/s packed vs 241 padded. Without
+        such kernels, padded batches of similar-length records (HF's length-grouped sampler) waste almost no
+        padding and keep attention per record."""
+        if self.cfg.data.packing != "auto":
+            return bool(self.cfg.data.packing)
+        return varlen_attention_available()
+
     def _prepare_work_dir(self) -> None:
         saved_config = self.work_dir / "sft_config.json"
         if self.cfg.resume and saved_config.exists():
@@ -99,7 +111,8 @@ class SFTRecipe:
             print(f"skipped invalid record: {message}")  # noqa: T201 - the user asked to skip; say what
         if loaded.skipped:
             print(f"skipped {len(loaded.skipped)} invalid record(s)")  # noqa: T201
-        train, validation = split_records(loaded.records, data.validation_fraction, self.cfg.seed)
+        selected = select_records(loaded.records, data.records)
+        train, validation = split_records(selected, data.validation_fraction, self.cfg.seed)
         for name, records in (("train", train), ("validation", validation)):
             if records:
                 examples = build_examples(records, data.template, self.tokenizer, data.max_length)
@@ -107,6 +120,8 @@ class SFTRecipe:
 
     def _setup_model(self) -> None:
         kwargs: dict = {"dtype": self.dtype}
+        if self.packing and varlen_attention_available():
+            kwargs["attn_implementation"] = "flash_attention_2"
         if self.cfg.method == "qlora":
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,
@@ -153,8 +168,9 @@ class SFTRecipe:
             completion_only_loss=True,
             # Padding-free packing: a batch is one row of records with per-record position ids; the
             # attention mask built from them is block-diagonal, so records never attend to each other.
-            padding_free=cfg.data.packing,
-            max_length=None if cfg.data.packing else cfg.data.max_length,  # truncated in build_examples
+            padding_free=self.packing,
+            train_sampling_strategy="random" if self.packing else "group_by_length",
+            max_length=None,  # records are truncated to data.max_length in build_examples
             dataloader_pin_memory=torch.cuda.is_available(),
         )
 
@@ -205,6 +221,13 @@ class SFTRecipe:
         (directory / "training_manifest.json").write_text(
             json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8"
         )
+
+
+def varlen_attention_available() -> bool:
+    """Whether flash-attention 2 (variable-length rows, no cross-record work) can run here."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return torch.cuda.is_available() and is_flash_attn_2_available()
 
 
 def run_sft(cfg: SFTConfig) -> Path:

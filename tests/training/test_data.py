@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.data import AlpacaRecord, ChatRecord, DataError, load_records, split_records
+from training.data import AlpacaRecord, ChatRecord, DataError, load_records, select_records, split_records
 
 from .conftest import SAMPLE, SAMPLE_EVAL
 
@@ -97,3 +97,12 @@ def test_split_is_deterministic_and_content_based():
     assert 15 <= len(validation) <= 60
     _, other_seed = split_records(records, 0.1, seed=1)
     assert {r.source for r in other_seed} != {r.source for r in validation}
+
+
+def test_selected_records_keep_the_listed_order_and_a_missing_one_is_an_error():
+    records = load_records([SAMPLE]).records
+    chosen = select_records(records, [21, 3])
+    assert [r.source for r in chosen] == [f"{SAMPLE}: line 22", f"{SAMPLE}: line 4"]
+    assert select_records(records, None) is records
+    with pytest.raises(DataError, match=r"data.records: \[350, -1\] out of range; the data has 350 records"):
+        select_records(records, [0, 350, -1])

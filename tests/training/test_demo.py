@@ -9,16 +9,27 @@ import sys
 
 import pytest
 
+from training.config import load_config
+from training.data import load_records, select_records
+from training.demo import DEFAULT_CONFIG, DEFAULT_EVAL
+
 from .conftest import REPO
 
 SMOLLM2 = REPO / "models" / "smollm2-135m-instruct"
 
 
+def test_demo_trains_on_exactly_the_questions_it_asks():
+    """The demo recipe selects records by number; the eval set names them by number too. They must not drift."""
+    cfg = load_config(DEFAULT_CONFIG, {})
+    asked = [item["index"] for item in json.loads(DEFAULT_EVAL.read_text(encoding="utf-8"))["items"]]
+    assert cfg.data.records == asked
+    records = load_records([REPO / p for p in cfg.data.paths]).records
+    assert [r.source for r in select_records(records, cfg.data.records)] == [
+        f"{REPO / cfg.data.paths[0]}: line {i + 1}" for i in asked
+    ]
+
+
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="known failure, issue 6 open: the shipped demo recipe scored 0/24 (3 epochs, lr 2e-3) and 1/24 "
-    "(50 steps, lr 1e-3) on this 350-record sample; the recipe must be fixed before this runs in CI (~20 min)"
-)
 def test_demo_before_and_after(tmp_path):
     if not (SMOLLM2 / "config.json").is_file():
         pytest.fail(f"{SMOLLM2} is missing: run `make {SMOLLM2.relative_to(REPO)}/config.json` (make test does)")
@@ -30,4 +41,4 @@ def test_demo_before_and_after(tmp_path):
     scores = json.loads(results.read_text(encoding="utf-8"))
     assert scores["total"] == 24
     assert scores["base"] <= 2, scores["base_replies"]
-    assert scores["fine_tuned"] >= 16, scores["fine_tuned_replies"]  # two thirds of the held-in answers
+    assert scores["fine_tuned"] >= 20, scores["fine_tuned_replies"]  # measured: 24/24

@@ -67,6 +67,13 @@ def test_yaml_config_with_cli_overrides(tmp_path):
     path.write_text("base: m\nout: o\nlora: {r: 4}\noptim: {lr: 0.1, epochs: 2}\ndata: {paths: [d.jsonl]}\n")
     cfg = load_config(path, {"optim.lr": 0.5, "lora.alpha": None})
     assert (cfg.lora.r, cfg.lora.alpha, cfg.optim.lr, cfg.optim.epochs) == (4, 32, 0.5, 2)
+    for records, problem in (
+        ([], "must be a non-empty list"),
+        ([1, "2"], "must be a non-empty"),
+        ([3, 3], "lists a record twice"),
+    ):
+        with pytest.raises(ConfigError, match=f"config 'data.records' {problem}"):
+            load_config(path, {"data.records": records})
     path.write_text("base: m\nout: o\nlora: {rank: 4}\n")
     with pytest.raises(ConfigError, match=r"unknown config keys \['lora.rank'\]"):
         load_config(path, {})

@@ -31,14 +31,28 @@ def test_loss_is_on_response_tokens_only(tiny_model, tmp_path):
 
 
 def test_packed_batch_has_per_record_positions_and_masked_prompts(tiny_model, tmp_path):
-    recipe = SFTRecipe(tiny_config(tiny_model, SAMPLE, tmp_path / "out", **{"optim.batch_size": 4})).setup()
-    batch = first_batch(recipe)
+    cfg = tiny_config(tiny_model, SAMPLE, tmp_path / "out", **{"optim.batch_size": 4, "data.packing": True})
+    batch = first_batch(SFTRecipe(cfg).setup())
     assert batch["input_ids"].shape[0] == 1  # padding-free: the batch is one row, no pad tokens
     starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
     assert len(starts) == 4 and starts[0] == 0
     labels = batch["labels"][0]
     for start in starts:
         assert labels[start] == -100  # every record begins with prompt tokens
+
+
+def test_without_varlen_attention_batches_are_padded_and_grouped_by_length(tiny_model, tmp_path):
+    """On CPU (no flash-attention) "auto" packing means padded batches of similar-length records: per-record
+    attention, and far less padding than batches drawn at random."""
+    cfg = tiny_config(tiny_model, SAMPLE, tmp_path / "out", **{"optim.batch_size": 8})
+    recipe = SFTRecipe(cfg).setup()
+    assert cfg.data.packing == "auto" and not recipe.packing
+    batches = list(recipe.trainer.get_train_dataloader())
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    padded = sum(b["attention_mask"].numel() for b in batches)
+    assert all(b["input_ids"].shape[0] == 8 for b in batches[:-1])
+    assert real / padded > 0.95  # random batches of the sample: ~0.82
+    assert sum(b["input_ids"].shape[0] for b in batches) == len(recipe.datasets["train"])
 
 
 def test_packed_records_do_not_attend_to_each_other(tiny_model):
