@@ -27,30 +27,35 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "BENCHMARKS.md"
 BASE = REPO / "models" / "smollm2-135m-instruct"
 DATA = REPO / "data" / "ja_sample.jsonl"
-RUNS = {  # name: (method, data.packing) for our recipe
+RUNS = {  # name: (method, data.packing, gradient_checkpointing) for our recipe; None: the TRL baseline
     "trl-baseline": None,
-    "ours-lora": ("lora", "auto"),
-    "ours-qlora": ("qlora", "auto"),
-    "ours-lora-packed": ("lora", True),
+    "ours-lora": ("lora", "auto", 0.5),
+    "ours-qlora": ("qlora", "auto", 0.5),
+    "ours-lora-full-ckpt": ("lora", "auto", True),
+    "ours-lora-no-ckpt": ("lora", "auto", False),
+    "ours-lora-packed": ("lora", True, 0.5),
 }
 NOTES = (
-    "Baseline: TRL `SFTTrainer` defaults (random batches padded to their longest record, bf16) with the same "
-    "`LoraConfig`. Ours (`data.packing: auto`; no flash-attention on CPU): padded batches of similar-length "
-    "records (length-grouped sampler), bf16 where the CPU has native bf16, response-only loss. "
-    "`ours-lora-packed` forces padding-free packing (one row per batch, block-diagonal mask) to show why "
-    "`auto` does not pack without variable-length attention kernels. QLoRA: NF4 base with double quantisation, "
-    "bf16 compute."
+    "Baseline: TRL `SFTTrainer` defaults (random batches padded to their longest record, bf16, gradient "
+    "checkpointing on every layer) with the same `LoraConfig`. Ours: `data.packing: auto` (no flash-attention on "
+    "CPU, so padded batches of similar-length records from the length-grouped sampler), LoRA inputs not copied "
+    "to fp32 under autocast, bf16 where the CPU has native bf16, response-only loss, and gradient checkpointing "
+    "on half of the decoder layers (`gradient_checkpointing: 0.5`); the `full-ckpt`/`no-ckpt` rows show the "
+    "two ends of that dial. `ours-lora-packed` forces padding-free packing (one row per batch, block-diagonal "
+    "mask) to show why `auto` does not pack without variable-length attention kernels. QLoRA: NF4 base with "
+    "double quantisation, bf16 compute."
 )
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
 
 
-def run_ours(method: str, packing: bool | str, steps: int, batch: int, out: Path) -> dict:
+def run_ours(method: str, packing: bool | str, checkpointing: bool | float, steps: int, batch: int, out: Path) -> dict:
     from training.config import load_config
     from training.sft import SFTRecipe
 
     cfg = load_config(None, {
         "base": str(BASE), "out": str(out), "method": method, "data.paths": [str(DATA)],
-        "data.records": list(range(steps * batch)), "data.packing": packing, "data.validation_fraction": 0.0,
+        "data.records": list(range(steps * batch)), "data.packing": packing, "gradient_checkpointing": checkpointing,
+        "data.validation_fraction": 0.0,
         "optim.max_steps": steps, "optim.batch_size": batch, "optim.lr": 1e-3,
         "lora.r": LORA["r"], "lora.alpha": LORA["lora_alpha"], "lora.dropout": 0.0, "save_steps": 10_000,
     })  # fmt: skip
@@ -60,6 +65,7 @@ def run_ours(method: str, packing: bool | str, steps: int, batch: int, out: Path
 
 
 def run_baseline(steps: int, batch: int, out: Path) -> dict:
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
@@ -72,8 +78,11 @@ def run_baseline(steps: int, batch: int, out: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     rows = [render(r, "alpaca-ja", tokenizer) for r in load_records([DATA]).records[: steps * batch]]
     dataset = Dataset.from_list([{"prompt": r.prompt, "completion": r.response} for r in rows])
-    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3,
-                     report_to=[], save_strategy="no", logging_steps=1)  # fmt: skip
+    # use_cpu: TRL's bf16 default is refused on a machine without a GPU unless training is placed on the CPU.
+    args = SFTConfig(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-3, report_to=[],
+        save_strategy="no", logging_steps=1, use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
     trainer = SFTTrainer(
         model=load_causal_lm(str(BASE), dtype="auto"), args=args, train_dataset=dataset,
         processing_class=tokenizer, peft_config=LoraConfig(**LORA),
@@ -104,13 +113,15 @@ def measure_all(steps: int, batch: int, rounds: int) -> dict[str, list[dict]]:
         for name in RUNS:
             command = [sys.executable, "-m", "training.bench", "--one", name, "--steps", str(steps),
                        "--batch", str(batch)]  # fmt: skip
-            out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
-            results[name].append(json.loads(out.strip().splitlines()[-1]))
+            run = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            if run.returncode != 0:
+                raise RuntimeError(f"{name} failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
+            results[name].append(json.loads(run.stdout.strip().splitlines()[-1]))
             print(f"round {round_number} {name}: {results[name][-1]}")  # noqa: T201 - progress of a long benchmark
     return results
 
 
-def planned_peak_gib(method: str, steps: int, batch: int) -> float:
+def planned_peak_gib(method: str, checkpointing: bool | float, steps: int, batch: int) -> float:
     """The memory planner's predicted peak (tensors only) for a batch of the longest bench records."""
     from transformers import AutoTokenizer
 
@@ -121,7 +132,8 @@ def planned_peak_gib(method: str, steps: int, batch: int) -> float:
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     records = load_records([DATA]).records[: steps * batch]
     longest = max(len(e["input_ids"]) for e in build_examples(records, "alpaca-ja", tokenizer, 512))
-    return plan(str(BASE), method, batch=batch, seq_len=longest, lora_r=LORA["r"], checkpointing=False).total_gib
+    result = plan(str(BASE), method, batch=batch, seq_len=longest, lora_r=LORA["r"], checkpointing=checkpointing)
+    return result.total_gib
 
 
 def render_section(results: dict[str, list[dict]], steps: int, batch: int, planned: dict[str, float]) -> str:
@@ -176,7 +188,9 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.steps, args.batch)))  # noqa: T201 - read by the parent process
         return
     results = measure_all(args.steps, args.batch, args.rounds)
-    planned = {name: planned_peak_gib((RUNS[name] or ("lora",))[0], args.steps, args.batch) for name in RUNS}
+    planned = {
+        name: planned_peak_gib(*(RUNS[name] or ("lora", None, True))[::2], args.steps, args.batch) for name in RUNS
+    }
     write_section(render_section(results, args.steps, args.batch, planned))
 
 

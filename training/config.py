@@ -64,7 +64,9 @@ class SFTConfig:
     method: str = "lora"
     seed: int = 0
     precision: str = "auto"
-    gradient_checkpointing: bool = False
+    # true: recompute every decoder layer in backward; a fraction in (0, 1): only that share of the layers, so
+    # activation memory and recompute time both scale with it; false: keep all activations.
+    gradient_checkpointing: bool | float = False
     save_steps: int = 50
     save_total_limit: int = 2
     eval_steps: int = 0  # 0: evaluate once per epoch and at the end
@@ -82,6 +84,12 @@ class SFTConfig:
         _require(self.method in METHODS, "method", f"must be one of {METHODS}")
         _require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         _require(self.data.template in TEMPLATE_NAMES, "data.template", f"must be one of {TEMPLATE_NAMES}")
+        checkpointing = self.gradient_checkpointing
+        _require(
+            isinstance(checkpointing, bool) or (isinstance(checkpointing, float) and 0.0 < checkpointing < 1.0),
+            "gradient_checkpointing",
+            "must be true, false or a fraction of the layers between 0 and 1",
+        )
         _require(self.data.packing in (True, False, "auto"), "data.packing", "must be true, false or auto")
         records = self.data.records
         _require(

@@ -28,7 +28,7 @@ Training (predicted peak of torch.cuda.max_memory_allocated):
     2022 accounting ("Reducing Activation Recomputation", §4) adapted to Llama blocks — two norm inputs 4h,
     attention input, Q, output 6h + K,V 4·n_kv·d, SwiGLU input 2h + gate, up, act, product 8i bytes.
     With gradient checkpointing (per decoder layer) only each layer's 2h-byte input is kept, plus one
-    layer's activations while it is recomputed.
+    layer's activations while it is recomputed; checkpointing a fraction of the layers keeps the others whole.
   Logits: b·s·V·(2 + 4 + 4) B — 16-bit logits, their fp32 upcast for the loss, and its gradient.
 """
 
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,11 +152,13 @@ def activation_bytes_per_token_layer(shape: ModelShape, act_bytes: int) -> float
     return act_bytes / 2 * (4 * h + 6 * h + 4 * shape.kv_dim + 2 * h + 8 * i)
 
 
-def activation_bytes(shape: ModelShape, tokens: int, act_bytes: int, checkpointing: bool) -> float:
+def activation_bytes(shape: ModelShape, tokens: int, act_bytes: int, checkpointing: bool | float) -> float:
+    """`checkpointing`: True/False, or the fraction of layers checkpointed (the recipe's partial policy)."""
     per_layer = activation_bytes_per_token_layer(shape, act_bytes)
-    if checkpointing:
-        return tokens * (shape.num_layers * shape.hidden_size * act_bytes + per_layer)
-    return tokens * shape.num_layers * per_layer
+    checkpointed = math.ceil(float(checkpointing) * shape.num_layers)
+    kept = (shape.num_layers - checkpointed) * per_layer
+    recomputed = checkpointed * shape.hidden_size * act_bytes + (per_layer if checkpointed else 0.0)
+    return tokens * (kept + recomputed)
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ def plan_serving(shape: ModelShape, name: str, dtype: str, batch: int, seq_len: 
 
 
 def plan_training(shape: ModelShape, name: str, mode: str, dtype: str, batch: int, seq_len: int,
-                  lora_r: int, checkpointing: bool, gpu_gib: float) -> MemoryPlan:  # fmt: skip
+                  lora_r: int, checkpointing: bool | float, gpu_gib: float) -> MemoryPlan:  # fmt: skip
     if dtype not in TRAIN_DTYPES:
         raise ValueError(f"training dtype must be one of {TRAIN_DTYPES}, got {dtype!r}")
     width = BYTES[dtype]
@@ -228,7 +231,7 @@ def plan_training(shape: ModelShape, name: str, mode: str, dtype: str, batch: in
 
 
 def plan(model: str, mode: str, dtype: str | None = None, batch: int = 1, seq_len: int = 2048, lora_r: int = 16,
-         checkpointing: bool = True, gpu_gib: float = 80.0) -> MemoryPlan:  # fmt: skip
+         checkpointing: bool | float = True, gpu_gib: float = 80.0) -> MemoryPlan:  # fmt: skip
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     shape = load_shape(model)
