@@ -59,6 +59,8 @@ def test_llama3_8b_training_modes():
     assert lora.logits_gib * GIB == 2048 * 128256 * 10
     no_ckpt = plan(LLAMA3_8B, "lora", "bf16", batch=1, seq_len=2048, checkpointing=False)
     assert no_ckpt.activations_gib * GIB == 2048 * 32 * 167_936  # 10.25 GiB
+    half = plan(LLAMA3_8B, "lora", "bf16", batch=1, seq_len=2048, checkpointing=0.5)
+    assert half.activations_gib * GIB == 2048 * (16 * 4096 * 2 + 167_936 + 16 * 167_936)  # 16 of 32 layers kept
     qlora = plan(LLAMA3_8B, "qlora", "bf16", batch=1, seq_len=2048)
     nf4 = LINEAR * (0.5 + 1 / 64 + 4 / (64 * 256)) + OTHER * 2
     assert qlora.weights_gib * GIB == pytest.approx(nf4 + 41_943_040 * 4)
