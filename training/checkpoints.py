@@ -12,6 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import SFTTrainer
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -31,10 +33,38 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped order, drawn from (seed, epoch) alone.
+
+    The stock sampler draws from torch's global generator, so a run resumed mid-epoch would see a different
+    order than the interrupted one and end with different weights. The Trainer calls `set_epoch` each epoch."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class AtomicCheckpointSFTTrainer(SFTTrainer):
-    """TRL's SFTTrainer whose checkpoints appear atomically (staging dir + rename) and rotate afterwards."""
+    """TRL's SFTTrainer whose checkpoints appear atomically (staging dir + rename) and rotate afterwards, and
+    whose length-grouped batches replay exactly on resume."""
 
     _staging = False
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        return EpochSeededLengthGroupedSampler(batch, lengths, self.args.data_seed or self.args.seed)
 
     def _get_output_dir(self, trial) -> str:
         base = super()._get_output_dir(trial)
