@@ -123,8 +123,8 @@ def measure_all(steps: int, batch: int, rounds: int) -> dict[str, list[dict]]:
     return results
 
 
-def planned_peak_gib(method: str, checkpointing: bool | float, steps: int, batch: int) -> float:
-    """The memory planner's predicted peak (tensors only) for a batch of the longest bench records."""
+def planned_peaks_gib(steps: int, batch: int) -> dict[str, float]:
+    """The memory planner's predicted peak (tensors only) per run, for a batch of the longest bench record."""
     from transformers import AutoTokenizer
 
     from training.data import load_records
@@ -134,8 +134,12 @@ def planned_peak_gib(method: str, checkpointing: bool | float, steps: int, batch
     tokenizer = AutoTokenizer.from_pretrained(BASE)
     records = load_records([DATA]).records[: steps * batch]
     longest = max(len(e["input_ids"]) for e in build_examples(records, "alpaca-ja", tokenizer, 512))
-    result = plan(str(BASE), method, batch=batch, seq_len=longest, lora_r=LORA["r"], checkpointing=checkpointing)
-    return result.total_gib
+    peaks = {}
+    for name, settings in RUNS.items():
+        method, _, checkpointing = settings or ("lora", None, True)  # TRL checkpoints every layer by default
+        result = plan(str(BASE), method, batch=batch, seq_len=longest, lora_r=LORA["r"], checkpointing=checkpointing)
+        peaks[name] = result.total_gib
+    return peaks
 
 
 def render_section(results: dict[str, list[dict]], steps: int, batch: int, planned: dict[str, float]) -> str:
@@ -190,9 +194,7 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.steps, args.batch)))  # noqa: T201 - read by the parent process
         return
     results = measure_all(args.steps, args.batch, args.rounds)
-    planned = {
-        name: planned_peak_gib(*(RUNS[name] or ("lora", None, True))[::2], args.steps, args.batch) for name in RUNS
-    }
+    planned = planned_peaks_gib(args.steps, args.batch)
     write_section(render_section(results, args.steps, args.batch, planned))
 
 
