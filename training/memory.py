@@ -268,6 +268,7 @@ def add_memory_parser(commands) -> None:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--checkpoint-fraction", type=float, help="checkpoint only this share of the layers (0-1)")
     p.add_argument("--dtype", choices=sorted(set(SERVE_DTYPES) | set(TRAIN_DTYPES)))
     p.add_argument("--gpu-gib", type=float, default=80.0)
     p.add_argument("--json", action="store_true")
@@ -275,6 +276,9 @@ def add_memory_parser(commands) -> None:
 
 
 def run_memory_command(args: argparse.Namespace) -> None:
+    checkpointing = args.grad_checkpointing if args.checkpoint_fraction is None else args.checkpoint_fraction
+    if not 0.0 <= checkpointing <= 1.0:
+        raise SystemExit(f"--checkpoint-fraction must be between 0 and 1, got {checkpointing}")
     result = plan(args.model, args.mode, args.dtype, args.batch_size, args.seq_len, args.lora_r,
-                  args.grad_checkpointing, args.gpu_gib)  # fmt: skip
+                  checkpointing, args.gpu_gib)  # fmt: skip
     print(json.dumps(asdict(result)) if args.json else format_table(result))

@@ -85,6 +85,12 @@ def test_cli_json_has_the_documented_keys():
     result = json.loads(out.stdout)
     assert {"weights_gib", "total_gib", "fits"} <= set(result)
     assert result["mode"] == "qlora"
+    half = [sys.executable, "-m", "training", "memory", "--model", "llama-3-8b", "--mode", "lora", "--json"]
+    full = subprocess.run(half, cwd=REPO, capture_output=True, text=True, check=True)
+    half_run = subprocess.run([*half, "--checkpoint-fraction", "0.5"], cwd=REPO, capture_output=True, text=True)
+    assert json.loads(half_run.stdout)["activations_gib"] > json.loads(full.stdout)["activations_gib"]
+    bad = subprocess.run([*half, "--checkpoint-fraction", "2"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--checkpoint-fraction must be between 0 and 1, got 2.0" in bad.stderr
 
 
 def test_memory_module_does_not_import_torch():
