@@ -69,13 +69,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def _drain_then_exit(self) -> None:
-        app = self.config.app
-        state = app.state.service_state
-        runner = app.state.runner
-        if runner is None:
-            state.draining = True
-        else:
-            await state.drain(app.state.settings.drain_timeout, runner.engine.abort)
+        await self.config.app.state.context.drain()
         self.should_exit = True
 
     def fail(self, exc: BaseException) -> None:

@@ -1,105 +1,117 @@
 """The FastAPI app: `create_app(settings)`, whose lifespan owns the engine from start to shutdown.
 
-The HTTP server binds before the model is loaded: `/health` answers at once, `/ready` stays 503 until the
-engine is up, so a Kubernetes startupProbe can follow a multi-minute load. The engine is built in a worker
-thread (it blocks while vLLM loads weights and profiles memory) and never at import time.
+One chat request, top to bottom (a completions request takes the same path through its own route):
+
+1. `middleware.py`  `RequestMiddleware` gives the request an id, later counts it by final status.
+2. `routes/__init__.py`  the `/v1` router runs `auth.require_api_key` first: 401 beats every other answer.
+3. `protocol.py`  FastAPI validates the body into `ChatCompletionRequest` (errors → 400 via `errors.py`).
+4. `deps.py`  `ModelDep` admits the request (503 while loading or draining) and hands over the `LoadedModel`.
+5. `routes/chat.py`  the handler, one call per step below:
+   `registry.py` resolves `model` to the base model or an adapter → `prompts.py` renders the chat template to
+   token ids → `sampling.py` derives `GenerationParams` → `generation.py` `Generation.start` registers the
+   request (metrics, drain) and sends it to `engine.py` (the only vLLM importer), awaiting the first step →
+6. `output.py`  `respond` turns the engine steps into SSE bytes or one JSON body, usage included.
+
+Errors are typed (`errors.py`) and become OpenAI's envelope at the edge; engine-neutral data types live in
+`engine_types.py`. The HTTP server binds before the model is loaded: `/health` answers at once, `/ready` stays
+503 until the engine is up, so a Kubernetes startupProbe can follow a multi-minute load. The model loads in a
+worker thread (vLLM blocks while it loads weights and profiles memory), never at import time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
-from transformers import AutoTokenizer
 
 from service.config import Settings
-from service.engine import Engine
+from service.context import AppContext, LoadedModel
 from service.errors import install_error_handlers
-from service.lifecycle import ServiceState
-from service.metrics import RequestCountMiddleware, ServiceMetrics
+from service.middleware import RequestMiddleware
 from service.registry import ModelRegistry
-from service.routes import chat, completions, health, models
-from service.runner import RequestRunner
+from service.routes import api_router, health
 
 logger = logging.getLogger(__name__)
-EngineFactory = Callable[[Settings, list[Path]], Engine]
+ModelLoader = Callable[[Settings], LoadedModel]
 STATS_INTERVAL_S = 10.0
 
 
-def load_runner(settings: Settings, state: ServiceState, metrics: ServiceMetrics, start_engine: EngineFactory):
-    """Check adapters, load the tokenizer, start the engine (blocking; runs in a worker thread)."""
+def load_model(settings: Settings) -> LoadedModel:
+    """Check adapters, load the tokenizer, start vLLM (blocking; runs in a worker thread)."""
+    from transformers import AutoTokenizer
+
+    from service.engine import Engine
+
     registry = ModelRegistry.from_modules(settings.model_name, settings.model, settings.lora_modules)
     tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model)
-    engine = start_engine(settings, registry.adapter_paths())
-    return RequestRunner(engine, registry, tokenizer, metrics, state)
-
-
-async def _log_stats(runner: RequestRunner) -> None:
-    while True:
-        await asyncio.sleep(STATS_INTERVAL_S)
-        await runner.engine.log_stats()
+    engine = Engine.start(settings, registry.adapter_paths())
+    return LoadedModel(engine, registry, tokenizer, vocab_size=len(tokenizer))
 
 
 def create_app(
     settings: Settings,
-    start_engine: EngineFactory = Engine.start,
+    load: ModelLoader = load_model,
     on_load_error: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
-    """Build the app; the engine starts when the app's lifespan starts.
+    """Build the app; the model loads when the app's lifespan starts.
 
-    `on_load_error` lets the CLI stop the process when the model cannot load (a crash-looping pod is the
-    signal Kubernetes understands); tests leave it unset and read `/health` instead.
+    `load` is vLLM by default; fast tests pass a scripted engine. `on_load_error` lets the CLI stop the
+    process when the model cannot load (a crash-looping pod is the signal Kubernetes understands); tests
+    leave it unset and read `/health` instead.
     """
+    context = AppContext(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state: ServiceState = app.state.service_state
-        loader = asyncio.create_task(asyncio.to_thread(load_runner, settings, state, app.state.metrics, start_engine))
-        app.state.loader = loader
-        loader.add_done_callback(lambda task: _on_loaded(app, task))
+        loader = asyncio.create_task(asyncio.to_thread(load, settings))
+        stats: list[asyncio.Task] = []
+        loader.add_done_callback(lambda task: stats.extend(_on_loaded(context, task, on_load_error)))
         try:
             yield
         finally:
-            if not loader.done():
-                loader.cancel()
-            stats_task = getattr(app.state, "stats_task", None)
-            if stats_task is not None:
-                stats_task.cancel()
-            runner: RequestRunner | None = getattr(app.state, "runner", None)
-            if runner is not None:
-                if not state.draining:
-                    await state.drain(settings.drain_timeout, runner.engine.abort)
-                runner.engine.shutdown()
+            loader.cancel()
+            for task in stats:
+                task.cancel()
+            await context.shutdown()
 
     app = FastAPI(title="tsumugi", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.service_state = ServiceState()
-    app.state.metrics = ServiceMetrics()
-    app.add_middleware(RequestCountMiddleware, metrics=app.state.metrics)
-    app.state.runner = None
-    app.state.on_load_error = on_load_error
+    app.state.context = context
+    app.add_middleware(RequestMiddleware, metrics=context.metrics)
     install_error_handlers(app)
-    for module in (chat, completions, models, health):
-        app.include_router(module.router)
+    app.include_router(api_router)
+    app.include_router(health.router)
     return app
 
 
-def _on_loaded(app: FastAPI, task: asyncio.Task) -> None:
-    state: ServiceState = app.state.service_state
+def _on_loaded(
+    context: AppContext, task: asyncio.Task, on_load_error: Callable[[BaseException], None] | None
+) -> list[asyncio.Task]:
+    """Publish the loaded model (or the load error); returns the background tasks it started."""
     if task.cancelled():
-        return
-    if task.exception() is not None:
-        state.load_error = f"model failed to load: {task.exception()}"
-        logger.error(state.load_error, exc_info=task.exception())
-        if app.state.on_load_error is not None:
-            app.state.on_load_error(task.exception())
-        return
-    runner = task.result()
-    app.state.runner = runner
-    app.state.stats_task = asyncio.get_running_loop().create_task(_log_stats(runner))
-    state.loaded = True
-    logger.info("model %s ready (max_model_len=%d)", runner.registry.base.name, runner.max_model_len)
+        return []
+    error = task.exception()
+    if error is not None:
+        context.lifecycle.load_error = f"model failed to load: {error}"
+        logger.error(context.lifecycle.load_error, exc_info=error)
+        if on_load_error is not None:
+            on_load_error(error)
+        return []
+    model: LoadedModel = task.result()
+    context.model = model
+    context.lifecycle.loaded = True
+    # Everything loaded so far (torch, transformers, the tokenizer) lives until exit: frozen, the collector
+    # stops re-scanning it, so full collections no longer pause streams (vLLM's server does the same).
+    gc.collect()
+    gc.freeze()
+    logger.info("model %s ready (max_model_len=%d)", model.registry.base.name, model.max_model_len)
+    return [asyncio.get_running_loop().create_task(_log_stats(model))]
+
+
+async def _log_stats(model: LoadedModel) -> None:
+    while True:
+        await asyncio.sleep(STATS_INTERVAL_S)
+        await model.engine.log_stats()

@@ -1,4 +1,9 @@
-"""Dependencies the routes declare; the lifespan puts the long-lived objects on `app.state`."""
+"""Dependencies the routes declare, as `Annotated` aliases: `ContextDep`, `ModelDep`.
+
+The lifespan puts one `AppContext` on `app.state.context`; these read it back typed. `ModelDep` is where a
+request is admitted: 503 in the envelope while the model loads or the service drains. Authentication is a
+router-level dependency (`routes/__init__.py`), so FastAPI runs it before these: 401 beats 503.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,21 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.runner import RequestRunner
+from service.context import AppContext, LoadedModel
+from service.errors import ServiceUnavailable
 
 
-def get_runner(request: Request) -> RequestRunner:
-    """The runner, or a 503 in the envelope while the model is still loading."""
-    state = request.app.state.service_state
-    runner = getattr(request.app.state, "runner", None)
-    state.admit()
-    return runner
+def get_context(request: Request) -> AppContext:
+    return request.app.state.context
 
 
-RunnerDep = Annotated[RequestRunner, Depends(get_runner)]
+def get_model(context: Annotated[AppContext, Depends(get_context)]) -> LoadedModel:
+    """The loaded model, or a 503 while it is still loading or the service is draining."""
+    context.lifecycle.admit()
+    if context.model is None:  # admit() already refuses this; the check narrows the type
+        raise ServiceUnavailable("The model is still loading; retry shortly.")
+    return context.model
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]

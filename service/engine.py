@@ -1,8 +1,8 @@
 """The engine: the only module that imports vLLM, so a vLLM upgrade touches this file alone.
 
-`Engine` wraps vLLM's `AsyncLLM` in-process. Routes hand it token ids and our `GenerationParams` and get back
-`EngineDelta`s: per choice, the new text and tokens since the last delta, straight from vLLM's DELTA output
-mode, so the stream path never diffs cumulative text.
+`Engine` wraps vLLM's `AsyncLLM` in-process. It takes token ids and our `GenerationParams` and gives back
+`ChoiceDelta`s (types in `engine_types.py`): per choice, the new text and tokens since the last delta,
+straight from vLLM's DELTA output mode, so the stream path never diffs cumulative text.
 
 The null adapter. vLLM 0.32's CPU LoRA kernels (`lora/ops/torch_ops/lora_ops.py`) index the adapter-slot
 tensor with the "no LoRA" index -1 as a Python index, so base-model requests batched with adapter requests
@@ -18,7 +18,7 @@ import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -33,56 +33,23 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from service.config import Settings
+from service.engine_types import (
+    NULL_ADAPTER_NAME,
+    AdapterHandle,
+    ChoiceDelta,
+    EngineInfo,
+    EngineStep,
+    GenerationParams,
+    TokenLogprob,
+)
 from service.errors import EngineFailure, InvalidRequest, Overloaded
-from service.protocol import GenerationParams
 
 logger = logging.getLogger(__name__)
-NULL_ADAPTER_NAME = "tsumugi-null-adapter"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprob:
-    token: str
-    logprob: float
-    top: tuple[tuple[str, float], ...]
-
-
-@dataclass(slots=True)
-class EngineDelta:
-    """What one choice produced since the previous delta."""
-
-    index: int
-    text: str
-    num_new_tokens: int
-    finish_reason: str | None
-    logprobs: list[TokenLogprob] | None = None
-
-
-@dataclass(slots=True)
-class EngineStep:
-    """One engine output for a request: deltas for the choices that advanced."""
-
-    deltas: list[EngineDelta]
-    num_prompt_tokens: int
-    finished: bool
-
-
-@dataclass(frozen=True, slots=True)
-class AdapterHandle:
-    """How the engine addresses one adapter: a stable integer id and its directory."""
-
-    name: str
-    lora_id: int
-    path: str
-
-
-@dataclass
-class EngineInfo:
-    """Facts derived at start-up, returned rather than written back into the settings."""
-
-    max_model_len: int
-    default_sampling: dict[str, Any] = field(default_factory=dict)
-    null_adapter: AdapterHandle | None = None
+# GenerationParams fields passed to SamplingParams under the same name; the rest are mapped below.
+_MAPPED_APART = ("stop", "json_schema", "json_object")
+_SAMPLING_FIELDS = tuple(f.name for f in fields(GenerationParams) if f.name not in _MAPPED_APART)
+# Fields whose None means "the model's generation_config value, else vLLM's own default".
+_MODEL_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
 
 
 def resolve_dtype(settings: Settings) -> str:
@@ -173,7 +140,10 @@ class Engine:
         return LoRARequest(adapter.name, adapter.lora_id, adapter.path)
 
     def sampling_params(self, params: GenerationParams) -> SamplingParams:
-        defaults = self.info.default_sampling
+        values = {name: getattr(params, name) for name in _SAMPLING_FIELDS}
+        for name, fallback in _MODEL_DEFAULTS.items():
+            if values[name] is None:
+                values[name] = self.info.default_sampling.get(name, fallback)
         structured = None
         if params.json_schema is not None:
             structured = StructuredOutputsParams(json=params.json_schema)
@@ -181,20 +151,8 @@ class Engine:
             structured = StructuredOutputsParams(json_object=True)
         try:
             return SamplingParams(
-                n=params.n,
-                max_tokens=params.max_tokens,
-                temperature=_pick(params.temperature, defaults.get("temperature"), 1.0),
-                top_p=_pick(params.top_p, defaults.get("top_p"), 1.0),
-                top_k=_pick(params.top_k, defaults.get("top_k"), 0),
-                min_p=params.min_p,
+                **values,
                 stop=list(params.stop) or None,
-                seed=params.seed,
-                presence_penalty=params.presence_penalty,
-                frequency_penalty=params.frequency_penalty,
-                repetition_penalty=_pick(params.repetition_penalty, defaults.get("repetition_penalty"), 1.0),
-                ignore_eos=params.ignore_eos,
-                min_tokens=params.min_tokens,
-                logprobs=params.logprobs,
                 structured_outputs=structured,
                 output_kind=RequestOutputKind.DELTA,
             )
@@ -208,7 +166,11 @@ class Engine:
         params: GenerationParams,
         adapter: AdapterHandle | None,
     ) -> AsyncIterator[EngineStep]:
-        """Stream engine steps; closing the iterator early aborts the request in the engine."""
+        """Stream engine steps; closing the iterator early aborts the request in the engine.
+
+        Errors are told apart by origin: only what vLLM raises while taking or running the request is mapped
+        to a client (400) or capacity (503) error; a bug in our own conversion below is not caught here and
+        reaches the edge as a 500 with a request id, never blamed on the client."""
         sampling = self.sampling_params(params)
         want_logprobs = params.logprobs is not None
         stream = self._llm.generate(
@@ -218,17 +180,22 @@ class Engine:
             lora_request=self.lora_request(adapter),
         )
         try:
-            async for output in stream:
+            while True:
+                try:
+                    output = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except (VLLMClientError, ValueError, TypeError) as exc:
+                    # vLLM's request validation (prompt, schema, sampling values) raises these.
+                    raise InvalidRequest(str(exc)) from exc
+                except GracefulHTTPError as exc:
+                    raise Overloaded(exc.message) from exc
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    raise EngineFailure(f"engine error: {type(exc).__name__}: {exc}") from exc
                 deltas = [_delta(choice, want_logprobs) for choice in output.outputs]
                 yield EngineStep(deltas, len(output.prompt_token_ids or ()), output.finished)
-        except (VLLMClientError, ValueError, TypeError) as exc:
-            raise InvalidRequest(str(exc)) from exc
-        except GracefulHTTPError as exc:
-            raise Overloaded(exc.message) from exc
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise EngineFailure(f"engine error: {type(exc).__name__}: {exc}") from exc
         finally:
             await stream.aclose()
 
@@ -251,13 +218,7 @@ class Engine:
             self._tempdir.cleanup()
 
 
-def _pick(value: Any, default: Any, fallback: Any) -> Any:
-    if value is not None:
-        return value
-    return default if default is not None else fallback
-
-
-def _delta(choice: Any, want_logprobs: bool) -> EngineDelta:
+def _delta(choice: Any, want_logprobs: bool) -> ChoiceDelta:
     logprobs = None
     if want_logprobs and choice.logprobs is not None:
         logprobs = []
@@ -271,7 +232,7 @@ def _delta(choice: Any, want_logprobs: bool) -> EngineDelta:
                     top=tuple((lp.decoded_token or "", max(lp.logprob, -9999.0)) for lp in top),
                 )
             )
-    return EngineDelta(
+    return ChoiceDelta(
         index=choice.index,
         text=choice.text,
         num_new_tokens=len(choice.token_ids),

@@ -1,13 +1,15 @@
 """Errors as values: a type, a message for the user, a status. The edge turns them into OpenAI's envelope.
 
 Every failure a client can cause becomes an `APIError` with the right status; FastAPI's own validation
-errors (422 by default) and anything unexpected are mapped here too, so no request ever sees a bare 500 page
-or a body that the `openai` client cannot parse.
+errors (422 by default) are mapped here too. Anything unexpected (a bug of ours) is answered by
+`middleware.RequestMiddleware` with `internal_error`, so no request ever sees a bare 500 page or a body that
+the `openai` client cannot parse.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -67,8 +69,15 @@ class Overloaded(APIError):
 
 
 class EngineFailure(APIError):
+    """The engine failed, or our own code did: never the client's fault, so never a 4xx."""
+
     status = HTTPStatus.INTERNAL_SERVER_ERROR
     type = "internal_error"
+
+
+def internal_error(request_id: str) -> EngineFailure:
+    """What a client sees of a bug of ours: a 500 naming the request id that the logged traceback carries."""
+    return EngineFailure(f"The server had an error while processing your request (request id {request_id}).")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -83,7 +92,11 @@ def install_error_handlers(app: FastAPI) -> None:
     """Route every error path through the envelope."""
 
     @app.exception_handler(APIError)
-    async def handle_api_error(_: Request, exc: APIError) -> JSONResponse:
+    async def handle_api_error(request: Request, exc: APIError) -> JSONResponse:
+        if isinstance(exc, EngineFailure):
+            request_id = request_id_of(request.scope)
+            logger.error("request %s failed", request_id, exc_info=exc)
+            return EngineFailure(f"{exc.message} (request id {request_id})").response()
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
@@ -98,7 +111,10 @@ def install_error_handlers(app: FastAPI) -> None:
         error.type = "not_found_error" if exc.status_code == HTTPStatus.NOT_FOUND else "invalid_request_error"
         return error.response()
 
-    @app.exception_handler(Exception)
-    async def handle_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error")
-        return EngineFailure(f"Internal error: {type(exc).__name__}").response()
+
+def request_id_of(scope: dict) -> str:
+    """The id `RequestMiddleware` gave this request (one is made here for paths that bypass it)."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        state["request_id"] = uuid.uuid4().hex
+    return state["request_id"]

@@ -17,8 +17,8 @@ from service.errors import ServiceUnavailable
 logger = logging.getLogger(__name__)
 
 
-class ServiceState:
-    """Loading → ready → draining, plus the ids of the requests in flight."""
+class Lifecycle:
+    """Loading → ready → draining, plus the engine ids of the requests in flight."""
 
     def __init__(self) -> None:
         self.loaded = False

@@ -103,39 +103,3 @@ class RequestTracker:
             m.e2e.labels(self.model).observe(time.perf_counter() - self._start)
             m.prompt_tokens.labels(self.model).inc(num_prompt_tokens)
             m.completion_tokens.labels(self.model).inc(self.num_output_tokens)
-
-
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
-STATUS_CLIENT_CLOSED = 499
-
-
-class RequestCountMiddleware:
-    """Counts every generation request by final HTTP status, including those refused before the engine.
-
-    Pure ASGI (no BaseHTTPMiddleware) so streamed bodies pass through untouched. The route records the
-    resolved model name in `request.state.model_label`; requests that never got that far count as "unknown",
-    which keeps label cardinality bounded whatever clients put in `model`.
-    """
-
-    def __init__(self, app, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        endpoint = ENDPOINTS.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if endpoint is None:
-            await self.app(scope, receive, send)
-            return
-        status = STATUS_CLIENT_CLOSED
-
-        async def send_with_status(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            model = scope.get("state", {}).get("model_label", "unknown")
-            self.metrics.count(model, endpoint, status)

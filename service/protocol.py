@@ -1,14 +1,13 @@
 """Request schemas of the OpenAI API (plus the vLLM extensions its benchmark and users send).
 
-Requests are validated here, once, with pydantic; the route turns a valid request into `GenerationParams`,
-our engine-neutral sampling settings, so nothing past this module looks at raw JSON. Responses are plain
-dicts built in `routes/` and `streaming.py`: on the hot path a dict is cheaper than a model and the shape is
+Requests are validated here, once, with pydantic; `sampling.py` turns a valid request into `GenerationParams`,
+our engine-neutral sampling settings, so nothing past those two modules looks at request fields. Responses are plain
+dicts built in `output.py`: on the hot path a dict is cheaper than a model and the shape is
 fixed by OpenAI, not by us.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -103,26 +102,6 @@ class SamplingFields(BaseModel):
     def include_usage_in_stream(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def generation_params(self, max_tokens: int, logprobs: int | None, **structured: Any) -> GenerationParams:
-        """The sampling settings both endpoints share, plus the endpoint's own output budget and logprobs."""
-        return GenerationParams(
-            max_tokens=max_tokens,
-            n=self.n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            min_p=self.min_p,
-            stop=tuple(self.stop_list()),
-            seed=self.seed,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
-            ignore_eos=self.ignore_eos,
-            min_tokens=self.min_tokens,
-            logprobs=logprobs,
-            **structured,
-        )
-
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
@@ -136,9 +115,6 @@ class ChatCompletionRequest(SamplingFields):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs to be true")
         return self
-
-    def requested_max_tokens(self) -> int | None:
-        return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionRequest(SamplingFields):
@@ -157,25 +133,3 @@ class CompletionRequest(SamplingFields):
         if all(isinstance(p, int) for p in prompt):
             return [list(prompt)]  # type: ignore[arg-type]
         return list(prompt)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationParams:
-    """Engine-neutral sampling settings for one prompt; `engine.py` maps them onto vLLM's."""
-
-    max_tokens: int
-    n: int = 1
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float = 0.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    logprobs: int | None = None
-    json_schema: dict[str, Any] | None = None
-    json_object: bool = False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.config import LoRAModule
-from service.engine import NULL_ADAPTER_NAME, AdapterHandle
+from service.engine_types import NULL_ADAPTER_NAME, AdapterHandle
 from service.errors import ModelNotFound
 
 

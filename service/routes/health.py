@@ -2,41 +2,40 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from service.deps import ContextDep
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def read_health(request: Request) -> JSONResponse:
+async def read_health(context: ContextDep) -> JSONResponse:
     """Alive: the process is up and the engine (once started) has not died."""
-    state = request.app.state.service_state
-    runner = getattr(request.app.state, "runner", None)
-    if state.load_error is not None:
-        return JSONResponse({"status": "error", "detail": state.load_error}, status_code=503)
-    if runner is not None:
+    lifecycle = context.lifecycle
+    if lifecycle.load_error is not None:
+        return JSONResponse({"status": "error", "detail": lifecycle.load_error}, status_code=503)
+    if context.model is not None:
         try:
-            await runner.engine.check_health()
+            await context.model.engine.check_health()
         except Exception as exc:
             return JSONResponse({"status": "error", "detail": f"engine dead: {exc}"}, status_code=503)
-    return JSONResponse({"status": "ok", "loaded": state.loaded})
+    return JSONResponse({"status": "ok", "loaded": lifecycle.loaded})
 
 
 @router.get("/ready")
-async def read_ready(request: Request) -> JSONResponse:
+async def read_ready(context: ContextDep) -> JSONResponse:
     """Ready for traffic: model loaded, engine answering, not draining."""
-    state = request.app.state.service_state
-    runner = getattr(request.app.state, "runner", None)
-    if not state.ready or runner is None or runner.engine.errored:
-        reason = "draining" if state.draining else (state.load_error or "loading")
+    lifecycle = context.lifecycle
+    if not lifecycle.ready or context.model is None or context.model.engine.errored:
+        reason = "draining" if lifecycle.draining else (lifecycle.load_error or "loading")
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
-    return JSONResponse({"status": "ready", "active_requests": state.num_active})
+    return JSONResponse({"status": "ready", "active_requests": lifecycle.num_active})
 
 
 @router.get("/metrics")
-async def read_metrics(request: Request) -> Response:
+async def read_metrics(context: ContextDep) -> Response:
     """Our series and vLLM's, in the classic Prometheus text format."""
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)
+    return Response(context.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -4,28 +4,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.auth import APIKeyDep
-from service.deps import RunnerDep
+from service.deps import ModelDep
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(tags=["models"])
 
 
 @router.get("/models")
-async def list_models(runner: RunnerDep, _: APIKeyDep) -> dict:
+async def list_models(model: ModelDep) -> dict:
     """Every name a request may put in `model`."""
-    registry = runner.registry
     return {
         "object": "list",
         "data": [
             {
-                "id": model.name,
+                "id": served.name,
                 "object": "model",
-                "created": registry.created,
+                "created": model.registry.created,
                 "owned_by": "tsumugi",
-                "root": model.root,
-                "parent": model.parent,
-                "max_model_len": runner.max_model_len,
+                "root": served.root,
+                "parent": served.parent,
+                "max_model_len": model.max_model_len,
             }
-            for model in registry
+            for served in model.registry
         ],
     }
