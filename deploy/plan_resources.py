@@ -3,8 +3,9 @@
     python deploy/plan_resources.py --model meta-llama/Meta-Llama-3-8B-Instruct --dtype bf16 \
         --max-model-len 8192 --gpu-gib 40
 
-runs `python -m training memory --mode serve --json` (weights, KV cache per token, how many full-length
-sequences fit at gpu_memory_utilization 0.9) and turns it into the values an overlay sets. The rules:
+asks the training module's memory planner (`training.memory`, imported: it is standard library only, the same
+numbers `python -m training memory --mode serve --json` prints) for the weights, the KV cache per token and how
+many full-length sequences fit at gpu_memory_utilization 0.9, and turns them into the values an overlay sets. The rules:
   GPUs         1 when the planner says the model fits one card, else the next power of two (tensor parallel);
   GPU class    nodeAffinity nvidia.com/gpu.memory (MiB, from GPU Feature Discovery) > 95% of --gpu-gib;
   max-num-seqs the planner's full-length concurrency, rounded up to a power of two (most requests are
@@ -21,20 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a script, from any directory: the repository root holds `training`
+
+from training.errors import TrainingError  # noqa: E402
+from training.memory import plan  # noqa: E402
+
 RUNTIME_GIB = 6
 CPU_PER_GPU = 4
 
 
 def planner(model: str, dtype: str, max_model_len: int, gpu_gib: float) -> dict:
-    args = ["-m", "training", "memory", "--model", model, "--mode", "serve", "--dtype", dtype]
-    args += ["--seq-len", str(max_model_len), "--gpu-gib", str(gpu_gib), "--json"]
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    """The planner's serving plan for one sequence of `max_model_len` tokens, as a plain dict."""
+    return asdict(plan(model, "serve", dtype, batch=1, seq_len=max_model_len, gpu_gib=gpu_gib))
 
 
 def next_power_of_two(n: float) -> int:
@@ -59,15 +64,21 @@ def sizing(model: str, dtype: str, max_model_len: int, gpu_gib: float) -> dict:
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model directory with config.json, or a known name")
     parser.add_argument("--dtype", required=True, choices=["bf16", "fp16", "int8", "int4"])
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--gpu-gib", type=float, required=True, help="memory of one GPU of the target class")
     args = parser.parse_args()
-    sys.stdout.write(json.dumps(sizing(args.model, args.dtype, args.max_model_len, args.gpu_gib), indent=2) + "\n")
+    try:
+        result = sizing(args.model, args.dtype, args.max_model_len, args.gpu_gib)
+    except TrainingError as error:  # e.g. a model that is neither a directory with config.json nor a known name
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,152 +1,327 @@
-"""SFT configuration as typed dataclasses, loadable from one YAML file; CLI flags override single fields.
+"""SFT configuration: one validated pydantic model, loaded from a YAML file; CLI flags override single keys.
 
-YAML layout mirrors the dataclasses (top-level run fields plus `lora:`, `data:`, `optim:` sections); unknown
-keys are errors so that a typo never silently falls back to a default.
+The YAML layout mirrors the model: top-level run fields plus `lora:`, `data:` and `optim:` sections. Every field
+is declared once, here, with its type, default, range and help text; `python -m training sft` derives its flags
+from these fields through `CLI_FLAGS`, so a flag cannot disagree with the key it sets.
+
+Values are checked when loaded, and every problem becomes one line naming the dotted key
+(`config 'optim.lr': Input should be greater than 0, got -1.0`), raised as `ConfigError`. Unknown keys are errors
+too, so that a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import argparse
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
+from training.errors import ConfigError
 from training.templates import TEMPLATE_NAMES
 
-METHODS = ("lora", "qlora")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup")
+__all__ = [
+    "CLI_FLAGS",
+    "ConfigError",
+    "SFTConfig",
+    "add_config_flags",
+    "config_field",
+    "describe",
+    "load_config",
+    "overrides_from_flags",
+]
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work, named by its key."""
+def _not_a_bool(value: object) -> object:
+    """pydantic reads `true` as 1 for a number; for a learning rate or a seed that is a mistake, not a value."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
 
 
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    # "all-linear" = every Linear except the LM head: what vLLM can apply as LoRA on Llama-style models.
-    target_modules: str | list[str] = "all-linear"
+def _one_message(message: str) -> WrapValidator:
+    """For union fields pydantic reports one error per member of the union; the user needs one sentence."""
+
+    def validate(value: object, handler: Any) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(message) from None
+
+    return WrapValidator(validate)
 
 
-@dataclass
-class DataSettings:
-    paths: list[str] = field(default_factory=list)
-    template: str = "alpaca-ja"
-    validation_fraction: float = 0.05
-    max_length: int = 512
-    # True: padding-free rows of whole records; False: padded batches of similar-length records; "auto": packing
-    # only where attention has variable-length kernels (flash-attention on CUDA). See SFTRecipe._choose_packing.
-    packing: bool | str = "auto"
-    skip_invalid: bool = False
-    records: list[int] | None = None  # train on only these records (0-based, load order); None: all
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
+Text = Annotated[str, Field(min_length=1)]
+Method = Literal["lora", "qlora"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Scheduler = Literal["constant", "linear", "cosine", "constant_with_warmup"]
+Template = Literal[TEMPLATE_NAMES]
+Checkpointing = Annotated[
+    bool | Annotated[float, Field(gt=0, lt=1)],
+    _one_message("must be true, false or a fraction of the layers between 0 and 1"),
+]
+Packing = Annotated[bool | Literal["auto"], _one_message("must be true, false or auto")]
+TargetModules = Annotated[
+    Text | Annotated[list[Text], Field(min_length=1)], _one_message("must be 'all-linear' or a list of module names")
+]
+Records = Annotated[
+    Annotated[list[StrictInt], Field(min_length=1)] | None,
+    _one_message("must be a non-empty list of record numbers (0-based)"),
+]
 
 
-@dataclass
-class OptimSettings:
-    lr: float = 2e-4
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8
-    grad_accum: int = 1
+class _Section(BaseModel):
+    """Shared rules: unknown keys are errors, inf/nan are not numbers, and assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
 
-@dataclass
-class SFTConfig:
-    base: str = ""
-    out: str = ""
-    method: str = "lora"
-    seed: int = 0
-    precision: str = "auto"
-    # true: recompute every decoder layer in backward; a fraction in (0, 1): only that share of the layers, so
-    # activation memory and recompute time both scale with it; false: keep all activations.
-    gradient_checkpointing: bool | float = False
-    save_steps: int = 50
-    save_total_limit: int = 2
-    eval_steps: int = 0  # 0: evaluate once per epoch and at the end
-    logging_steps: int = 1
-    resume: bool = False
-    keep_checkpoints: bool = False
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
+class LoraSettings(_Section):
+    r: Int = Field(16, gt=0, description="LoRA rank")
+    alpha: Int = Field(32, gt=0, description="LoRA alpha (updates are scaled by alpha / r)")
+    dropout: Float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: TargetModules = Field(
+        "all-linear",
+        description="Linear layers to adapt; all-linear: every Linear except the LM head, what vLLM can serve",
+    )
 
-    def validate(self) -> SFTConfig:
-        _require(bool(self.base), "base", "is required (a model directory)")
-        _require(bool(self.out), "out", "is required (the output directory)")
-        _require(bool(self.data.paths), "data.paths", "needs at least one data file")
-        _require(self.method in METHODS, "method", f"must be one of {METHODS}")
-        _require(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
-        _require(self.data.template in TEMPLATE_NAMES, "data.template", f"must be one of {TEMPLATE_NAMES}")
-        checkpointing = self.gradient_checkpointing
-        _require(
-            isinstance(checkpointing, bool) or (isinstance(checkpointing, float) and 0.0 < checkpointing < 1.0),
-            "gradient_checkpointing",
-            "must be true, false or a fraction of the layers between 0 and 1",
-        )
-        _require(self.data.packing in (True, False, "auto"), "data.packing", "must be true, false or auto")
-        records = self.data.records
-        _require(
-            records is None or (bool(records) and all(type(i) is int for i in records)),
-            "data.records",
-            "must be a non-empty list of record numbers (0-based)",
-        )
-        _require(records is None or len(set(records)) == len(records), "data.records", "lists a record twice")
-        _require(self.optim.scheduler in SCHEDULERS, "optim.scheduler", f"must be one of {SCHEDULERS}")
-        _require(self.lora.r > 0 and self.lora.alpha > 0, "lora.r/lora.alpha", "must be positive")
-        _require(self.optim.lr > 0, "optim.lr", "must be positive")
-        _require(self.optim.batch_size > 0 and self.optim.grad_accum > 0, "optim.batch_size", "must be positive")
-        _require(self.optim.max_steps > 0 or self.optim.epochs > 0, "optim", "set max_steps or epochs")
-        _require(self.save_steps > 0, "save_steps", "must be positive")
+    @field_validator("target_modules")
+    @classmethod
+    def _keyword(cls, value: str | list[str]) -> str | list[str]:
+        """`--target-modules all-linear` arrives as a one-item list; peft wants the keyword as a plain string."""
+        return "all-linear" if value == ["all-linear"] else value
+
+
+class DataSettings(_Section):
+    paths: Annotated[list[Text], Field(min_length=1)] = Field(description="Alpaca .json/.jsonl or chat .jsonl files")
+    template: Template = Field("alpaca-ja", description="prompt format the model is trained with")
+    validation_fraction: Float = Field(0.05, ge=0, lt=1, description="share of records held out for validation")
+    max_length: Int = Field(512, gt=0, description="records are truncated to this many tokens")
+    packing: Packing = Field(
+        "auto",
+        description="padding-free rows of whole records (auto: only with flash-attention's variable-length kernels)",
+    )
+    skip_invalid: bool = Field(False, description="skip (and report) invalid records instead of stopping")
+    records: Records = Field(None, description="train on only these records (0-based, load order); null: all")
+
+    @field_validator("records")
+    @classmethod
+    def _distinct(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a record twice")
+        return value
+
+
+class OptimSettings(_Section):
+    lr: Float = Field(2e-4, gt=0, description="peak learning rate")
+    scheduler: Scheduler = Field("cosine", description="learning-rate schedule")
+    warmup_ratio: Float = Field(0.0, ge=0, lt=1, description="share of the steps spent warming up")
+    weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay")
+    epochs: Float = Field(1.0, ge=0, description="passes over the training records (resets max_steps)")
+    max_steps: Int = Field(-1, ge=-1, description="optimizer steps; > 0 overrides epochs, -1: use epochs")
+    batch_size: Int = Field(8, gt=0, description="records per device per step")
+    grad_accum: Int = Field(1, gt=0, description="gradient accumulation steps")
+
+    @model_validator(mode="after")
+    def _length(self) -> OptimSettings:
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError("set max_steps or epochs")
         return self
 
+
+class SFTConfig(_Section):
+    """One fine-tuning run. Defaults live here only (the CLI has none of its own).
+
+    Coercion: pydantic's lax mode. A numeric string is accepted for a number, so YAML `lr: 2e-4`, which PyYAML
+    reads as the string '2e-4' (YAML 1.1 wants a dot in a float), is the float 2e-4; an integer field takes
+    '12' or 12.0 but not 12.5 or 'abc'; true/false is not a number; booleans take true/false (and 0/1, yes/no).
+    `gradient_checkpointing: 1` is true (all layers) and `0` false, the ends of the fraction.
+    """
+
+    base: Text = Field(description="base model: a local directory or a Hugging Face name")
+    out: Text = Field(description="output directory for the adapter (must not exist)")
+    method: Method = Field("lora", description="lora: 16-bit base; qlora: 4-bit NF4 base")
+    seed: Int = Field(0, ge=0, lt=2**32, description="seed for the split, the data order and the LoRA init")
+    precision: Precision = Field("auto", description="compute dtype; auto picks bf16 where it is native")
+    gradient_checkpointing: Checkpointing = Field(
+        False, description="recompute the layers in backward: true, false, or a fraction of the layers"
+    )
+    save_steps: Int = Field(50, gt=0, description="checkpoint every this many steps")
+    save_total_limit: Int = Field(2, gt=0, description="checkpoints kept")
+    eval_steps: Int = Field(0, ge=0, description="validate every this many steps; 0: once per epoch and at the end")
+    logging_steps: Int = Field(1, gt=0, description="log the loss every this many steps")
+    resume: bool = Field(False, description="continue the interrupted run in <out>.partial/")
+    keep_checkpoints: bool = Field(False, description="keep <out>.partial/ and its checkpoints after publishing")
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: DataSettings
+    optim: OptimSettings = Field(default_factory=OptimSettings)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config '{key}' {message}")
-
-
-def _build(cls: type, values: dict, prefix: str):
-    """Instantiate a dataclass from a mapping, recursing into nested dataclass fields."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"config section '{prefix or 'top level'}' must be a mapping")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config keys {[prefix + k for k in unknown]}")
-    kwargs = {}
-    for name, value in values.items():
-        default = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
-        if default is not None and dataclasses.is_dataclass(default):
-            kwargs[name] = _build(default, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+        """Plain nested dict, as recorded in `sft_config.json` and the adapter's manifest."""
+        return self.model_dump()
 
 
 def load_config(path: Path | None, overrides: dict[str, object]) -> SFTConfig:
     """YAML file (optional) then dotted-key overrides such as {"optim.lr": 1e-3}; `None` overrides are ignored."""
-    values: dict = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the config file must be a YAML mapping")
-        values = loaded
+    values = _read_yaml(Path(path)) if path is not None else {}
     for dotted, value in overrides.items():
-        if value is None:
-            continue
-        section = values
-        *parents, leaf = dotted.split(".")
-        for parent in parents:
-            section = section.setdefault(parent, {})
-        section[leaf] = value
-    return _build(SFTConfig, values, "").validate()
+        if value is not None:
+            _set_dotted(values, dotted, value)
+    try:
+        return SFTConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(describe(error)) from error
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(error, 'problem', None) or error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the config file must be a YAML mapping")
+    return loaded
+
+
+def _set_dotted(values: dict, dotted: str, value: object) -> None:
+    section = values
+    *parents, leaf = dotted.split(".")
+    for depth, parent in enumerate(parents):
+        section = section.setdefault(parent, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"config '{'.'.join(parents[: depth + 1])}': must be a mapping, to set '{dotted}'")
+    section[leaf] = value
+
+
+def describe(error: ValidationError) -> str:
+    """All problems on one line, each as `config '<dotted.key>': <what is wrong>, got <value>`."""
+    return "; ".join(_describe_one(problem) for problem in error.errors())
+
+
+def _describe_one(problem: Any) -> str:
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"]).lstrip(".")
+    kind, value = problem["type"], problem.get("input")
+    if kind == "extra_forbidden":
+        return f"config '{key}': unknown key"
+    if kind == "missing":
+        # A missing section (data) is named by the flag of its own required key (--data for data.paths).
+        flags = [
+            name
+            for name, dotted in CLI_FLAGS.items()
+            if dotted == key or (dotted.startswith(f"{key}.") and config_field(dotted).is_required())
+        ]
+        return f"config '{key}': is required" + (f": set it in the config file or with {flags[0]}" if flags else "")
+    message = str(problem["ctx"]["error"]) if kind == "value_error" else problem["msg"]
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return f"config '{key or 'top level'}': {message}" + (
+        "" if isinstance(value, dict | BaseModel) else f", got {shown}"
+    )
+
+
+CLI_FLAGS: dict[str, str] = {  # `python -m training sft` flag -> the dotted key it sets; others: YAML only
+    "--base": "base",
+    "--data": "data.paths",
+    "--out": "out",
+    "--method": "method",
+    "--template": "data.template",
+    "--max-steps": "optim.max_steps",
+    "--epochs": "optim.epochs",
+    "--lr": "optim.lr",
+    "--scheduler": "optim.scheduler",
+    "--warmup-ratio": "optim.warmup_ratio",
+    "--lora-r": "lora.r",
+    "--lora-alpha": "lora.alpha",
+    "--lora-dropout": "lora.dropout",
+    "--target-modules": "lora.target_modules",
+    "--batch-size": "optim.batch_size",
+    "--grad-accum": "optim.grad_accum",
+    "--seed": "seed",
+    "--precision": "precision",
+    "--max-length": "data.max_length",
+    "--validation-fraction": "data.validation_fraction",
+    "--save-steps": "save_steps",
+    "--eval-steps": "eval_steps",
+    "--gradient-checkpointing": "gradient_checkpointing",
+    "--packing": "data.packing",
+    "--skip-invalid": "data.skip_invalid",
+    "--resume": "resume",
+    "--keep-checkpoints": "keep_checkpoints",
+}
+EXCLUSIVE_FLAGS = ("--max-steps", "--epochs")  # a run length is steps or epochs, not both
+
+
+def config_field(dotted: str) -> FieldInfo:
+    """The model field behind a dotted key such as 'optim.lr' (KeyError if there is none)."""
+    model: type[BaseModel] = SFTConfig
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+        model = model.model_fields[parent].annotation
+    return model.model_fields[leaf]
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `CLI_FLAGS` entry, its type, choices and help taken from the field. The default is SUPPRESS:
+    a flag not given sets nothing, so the YAML file's value (or the model's default) stands."""
+    exclusive = parser.add_mutually_exclusive_group()
+    for flag, dotted in CLI_FLAGS.items():
+        field = config_field(dotted)
+        default = "required" if field.default is PydanticUndefined else f"default: {field.default}"
+        target = exclusive if flag in EXCLUSIVE_FLAGS else parser
+        target.add_argument(
+            flag,
+            dest=dotted,
+            default=argparse.SUPPRESS,
+            help=f"{field.description} ({default}; config key {dotted})".replace("%", "%%"),
+            **_argument_kind(field.annotation, flag.lstrip("-").upper().replace("-", "_")),
+        )
+
+
+def _argument_kind(annotation: Any, metavar: str) -> dict[str, Any]:
+    """argparse settings for a field type: bool -> --x/--no-x, Literal -> choices, list -> one or more values.
+    A union with bool (packing, gradient_checkpointing) is a switch on the command line, as it always was."""
+    members = _members(annotation)
+    if bool in members:
+        return {"action": argparse.BooleanOptionalAction}
+    lists = [member for member in members if get_origin(member) is list]
+    scalar = _members(get_args(lists[0])[0])[0] if lists else members[0]
+    kind: dict[str, Any] = {"nargs": "+"} if lists else {}
+    if get_origin(scalar) is Literal:
+        return kind | {"choices": list(get_args(scalar))}
+    return kind | {"type": scalar, "metavar": metavar}
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a (possibly Annotated, possibly optional) union, each with its Annotated unwrapped."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Literal or get_args(annotation) == () or get_origin(annotation) is list:
+        return [annotation]
+    return [member for option in get_args(annotation) if option is not type(None) for member in _members(option)]
+
+
+def overrides_from_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The dotted keys the user set on the command line; `--epochs` also drops a step count from the YAML."""
+    given = {dotted: getattr(args, dotted) for dotted in CLI_FLAGS.values() if hasattr(args, dotted)}
+    if "optim.epochs" in given:
+        given["optim.max_steps"] = -1
+    return given

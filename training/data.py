@@ -19,12 +19,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.errors import TrainingError
 from training.templates import Message
 
 ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(TrainingError):
     """A record (or a whole file) that cannot be used, with where it is."""
 
 

@@ -1,7 +1,8 @@
 """GPU memory planner: will this model serve / fine-tune on this GPU, and how much context fits beside it?
 
-Pure arithmetic on a model's shape (a local `config.json` or a known name); no torch, so ops tooling can
-import it. All sizes are bytes; GiB = 2**30. Llama-style decoder (GQA attention, SwiGLU MLP) assumed.
+Pure arithmetic on a model's shape (a local `config.json` or a known name); standard library only (no torch,
+no pydantic), so ops tooling (deploy/plan_resources.py) imports it and `python -m training memory` is instant.
+All sizes are bytes; GiB = 2**30. Llama-style decoder (GQA attention, SwiGLU MLP) assumed.
 
 Parameters: embedding V·h; per layer q h·(n_h·d), k and v h·(n_kv·d) each, o (n_h·d)·h, MLP 3·h·i, two norms
 2h; final norm h; LM head V·h unless tied. (Llama-3-8B: 8,030,261,248.)
@@ -39,6 +40,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from training.errors import ConfigError, ModelError
 
 GIB = 2**30
 SERVE_DTYPES = ("fp32", "bf16", "fp16", "int8", "int4")
@@ -105,6 +108,19 @@ def load_shape(model: str) -> ModelShape:
     """A model's shape from `<dir>/config.json`, or from the known-models table by name."""
     config_path = Path(model) / "config.json"
     if config_path.is_file():
+        return shape_from_config(config_path)
+    if Path(model).is_dir():
+        raise ModelError(f"{model}: a directory without config.json, so not a model directory")
+    name = ALIASES.get(model, model)
+    if name not in KNOWN_MODELS:
+        known = sorted([*KNOWN_MODELS, *ALIASES])
+        raise ModelError(f"{model!r} is neither a directory with config.json nor a known model ({known})")
+    return KNOWN_MODELS[name]
+
+
+def shape_from_config(config_path: Path) -> ModelShape:
+    """A Hugging Face config.json of a Llama-style model (or a multimodal one's `text_config`)."""
+    try:
         c = json.loads(config_path.read_text(encoding="utf-8"))
         c = c.get("text_config", c)
         heads = c["num_attention_heads"]
@@ -118,11 +134,10 @@ def load_shape(model: str) -> ModelShape:
             head_dim=c.get("head_dim") or c["hidden_size"] // heads,
             tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
         )
-    name = ALIASES.get(model, model)
-    if name not in KNOWN_MODELS:
-        known = sorted([*KNOWN_MODELS, *ALIASES])
-        raise ValueError(f"{model!r} is neither a directory with config.json nor a known model ({known})")
-    return KNOWN_MODELS[name]
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{config_path}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    except (KeyError, AttributeError, TypeError) as error:
+        raise ModelError(f"{config_path}: not a Llama-style model config (missing or bad {error})") from None
 
 
 def serve_weight_bytes(shape: ModelShape, dtype: str, group_size: int = 128) -> float:
@@ -207,7 +222,7 @@ def plan_serving(shape: ModelShape, name: str, dtype: str, batch: int, seq_len: 
 def plan_training(shape: ModelShape, name: str, mode: str, dtype: str, batch: int, seq_len: int,
                   lora_r: int, checkpointing: bool | float, gpu_gib: float) -> MemoryPlan:  # fmt: skip
     if dtype not in TRAIN_DTYPES:
-        raise ValueError(f"training dtype must be one of {TRAIN_DTYPES}, got {dtype!r}")
+        raise ConfigError(f"--dtype for training must be one of {TRAIN_DTYPES}, got {dtype!r}")
     width = BYTES[dtype]
     params = shape.total_params()
     if mode == "full":
@@ -260,8 +275,7 @@ def format_table(result: MemoryPlan) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def add_memory_parser(commands) -> None:
-    p = commands.add_parser("memory", help="predict GPU memory for serving or fine-tuning")
+def add_memory_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory with config.json, or a known name")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--batch-size", type=int, default=1, help="training batch, or serving concurrency")
@@ -278,7 +292,7 @@ def add_memory_parser(commands) -> None:
 def run_memory_command(args: argparse.Namespace) -> None:
     checkpointing = args.grad_checkpointing if args.checkpoint_fraction is None else args.checkpoint_fraction
     if not 0.0 <= checkpointing <= 1.0:
-        raise SystemExit(f"--checkpoint-fraction must be between 0 and 1, got {checkpointing}")
+        raise ConfigError(f"--checkpoint-fraction must be between 0 and 1, got {checkpointing}")
     result = plan(args.model, args.mode, args.dtype, args.batch_size, args.seq_len, args.lora_r,
                   checkpointing, args.gpu_gib)  # fmt: skip
     print(json.dumps(asdict(result)) if args.json else format_table(result))

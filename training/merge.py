@@ -11,26 +11,28 @@ import json
 import shutil
 from pathlib import Path
 
-from training.checkpoints import publish_directory
+from training.errors import ModelError, OutputExistsError
 from training.manifest import MANIFEST_NAME, derived_manifest
 
 MERGE_DTYPES = ("bf16", "fp16", "fp32")
 
 
 def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> Path:
+    """Checks the arguments before torch and peft load, so a mistake is reported in a second."""
+    if dtype not in MERGE_DTYPES:
+        raise ValueError(f"--dtype must be one of {MERGE_DTYPES}, got {dtype!r}")  # the CLI offers only these
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
+    out = Path(out)
+    if out.exists():
+        raise OutputExistsError(f"{out} already exists; remove it or choose another --out")
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
 
+    from training.checkpoints import publish_directory
     from training.models import load_causal_lm
 
-    if dtype not in MERGE_DTYPES:
-        raise ValueError(f"--dtype must be one of {MERGE_DTYPES}, got {dtype!r}")
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; remove it or choose another --out")
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
 

@@ -3,8 +3,10 @@
 The output is a compressed-tensors checkpoint that vLLM loads as a plain model. Weights of every Linear layer
 except the LM head become 4-bit integers with one scale per `group_size` input columns; the group size must
 divide each layer's input width, so it is the largest of 128/64/32 that does (SmolLM2's hidden size 576 is
-9 × 64, not a multiple of 128). Calibration samples are training records rendered with the model's own chat
-template — the prompt format it was fine-tuned with — so activation statistics match what it will serve.
+9 × 64, not a multiple of 128). The widths come from config.json (Llama-style layers, as in training.memory),
+so a model that no group size fits is an error before the tokenizer, the data or the weights load.
+Calibration samples are training records rendered with the model's own chat template — the prompt format it
+was fine-tuned with — so activation statistics match what it will serve.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from training.checkpoints import publish_directory
 from training.data import load_records
+from training.errors import ConfigError, ModelError, OutputExistsError
 from training.examples import render
 from training.manifest import MANIFEST_NAME, derived_manifest
+from training.memory import shape_from_config
 
 GROUP_SIZES = (128, 64, 32)
 METHODS = ("awq", "gptq")
@@ -29,13 +32,21 @@ def choose_group_size(in_features: list[int]) -> int:
     for size in GROUP_SIZES:
         if all(width % size == 0 for width in in_features):
             return size
-    raise ValueError(f"no group size in {GROUP_SIZES} divides all layer widths {sorted(set(in_features))}")
+    raise ModelError(f"no group size in {GROUP_SIZES} divides all layer widths {sorted(set(in_features))}")
 
 
-def quantised_linear_widths(model) -> list[int]:
-    import torch
-
-    return [m.in_features for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+def group_size_for(model_dir: Path, requested: int | None = None) -> int:
+    """The group size for this model's quantised Linear layers (all but the LM head), read from its config.json
+    alone: a model no group size fits, or a --group-size that does not divide it, fails in a second."""
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        raise ModelError(f"{model_dir}: no config.json, so not a model directory")
+    widths = sorted({width for width, _ in shape_from_config(config).linear_shapes()})
+    if requested is None:
+        return choose_group_size(widths)
+    if requested <= 0 or any(width % requested for width in widths):
+        raise ConfigError(f"--group-size {requested} does not divide every quantised layer width {widths}")
+    return requested
 
 
 def build_recipe(method: str, group_size: int) -> list:
@@ -97,20 +108,21 @@ def quantize_model(
     max_length: int = 256,
     group_size: int | None = None,
 ) -> Path:
+    out = Path(out)
+    if out.exists():
+        raise OutputExistsError(f"{out} already exists; remove it or choose another --out")
+    group_size = group_size_for(model_dir, group_size)  # before llm-compressor, the tokenizer and the weights
     from llmcompressor import oneshot
     from transformers import AutoTokenizer
 
+    from training.checkpoints import publish_directory
     from training.models import load_causal_lm
 
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists; remove it or choose another --out")
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = calibration_dataset(Path(data), tokenizer, template, num_samples, max_length)
     model = load_causal_lm(str(model_dir), dtype="auto")
-    group_size = group_size or choose_group_size(quantised_linear_widths(model))
     with cpu_safe_activation_pinning():
         oneshot(
             model=model,

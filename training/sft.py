@@ -28,7 +28,8 @@ from trl import SFTConfig as TrlSFTConfig
 
 from training.checkpoints import AtomicCheckpointSFTTrainer, latest_checkpoint, publish_directory
 from training.config import SFTConfig
-from training.data import load_records, select_records, split_records
+from training.data import Record, load_records, select_records, split_records
+from training.errors import ConfigError, ModelError, OutputExistsError
 from training.examples import adapter_chat_template, build_examples
 from training.manifest import build_manifest, write_loss_curve
 from training.models import load_causal_lm
@@ -49,16 +50,18 @@ class SFTRecipe:
         self.tokenizer = None
         self.model = None
         self.trainer = None
+        self.splits: dict[str, list[Record]] = {}
         self.datasets: dict[str, Dataset] = {}
         self.skipped_records: list[str] = []
 
     def setup(self) -> SFTRecipe:
-        """Build everything in dependency order. Data is validated before anything is written and before the
-        (possibly large) model loads, so bad data leaves no trace on disk."""
+        """Build everything in dependency order. Data is validated first, before the tokenizer, before anything is
+        written and before the (possibly large) model loads, so bad data fails fast and leaves no trace on disk."""
         if self.out_dir.exists():
-            raise FileExistsError(f"{self.out_dir} already exists; remove it or choose another --out")
+            raise OutputExistsError(f"{self.out_dir} already exists; remove it or choose another --out")
+        self._load_data()
         self._setup_tokenizer()
-        self._setup_data()
+        self._build_datasets()
         self._prepare_work_dir()
         self._setup_model()
         self._setup_trainer()
@@ -95,18 +98,25 @@ class SFTRecipe:
             current = self.cfg.to_dict()
             differing = sorted(k for k in current if k != "resume" and previous.get(k) != current[k])
             if differing:
-                raise ValueError(f"--resume with a different config than the interrupted run: {differing}")
+                raise ConfigError(f"--resume with a different config than the interrupted run: {differing}")
         elif self.work_dir.exists():
             shutil.rmtree(self.work_dir)  # an earlier interrupted run that is not being resumed
         self.work_dir.mkdir(parents=True, exist_ok=True)
         saved_config.write_text(json.dumps(self.cfg.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
 
     def _setup_tokenizer(self) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(self.cfg.base)
+        """The first use of `base`, so a base that is neither a model directory nor a reachable hub name fails
+        here, as one line (transformers' OSError spans several)."""
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.cfg.base)
+        except OSError as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ModelError(f"base model {self.cfg.base!r} cannot be loaded: {first_line}") from error
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def _setup_data(self) -> None:
+    def _load_data(self) -> None:
+        """Read, validate, select and split the records: no tokenizer needed, so this runs first."""
         data = self.cfg.data
         loaded = load_records([Path(p) for p in data.paths], skip_invalid=data.skip_invalid)
         self.skipped_records = loaded.skipped
@@ -116,10 +126,13 @@ class SFTRecipe:
             print(f"skipped {len(loaded.skipped)} invalid record(s)")  # noqa: T201
         selected = select_records(loaded.records, data.records)
         train, validation = split_records(selected, data.validation_fraction, self.cfg.seed)
-        for name, records in (("train", train), ("validation", validation)):
-            if records:
-                examples = build_examples(records, data.template, self.tokenizer, data.max_length)
-                self.datasets[name] = Dataset.from_list(examples)
+        self.splits = {name: records for name, records in (("train", train), ("validation", validation)) if records}
+
+    def _build_datasets(self) -> None:
+        data = self.cfg.data
+        for name, records in self.splits.items():
+            examples = build_examples(records, data.template, self.tokenizer, data.max_length)
+            self.datasets[name] = Dataset.from_list(examples)
 
     def _setup_model(self) -> None:
         kwargs: dict = {"dtype": self.dtype}

@@ -1,11 +1,13 @@
 """The overlays' GPU, memory and batch sizing is what the memory planner says, not hand-picked numbers:
 each overlay's Deployment names the planner inputs in its `tsumugi.dev/sizing` annotation, and this test
-reruns deploy/plan_resources.py (which runs `python -m training memory`) and compares."""
+reruns deploy/plan_resources.py (which imports the planner, `training.memory`) and compares."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -13,6 +15,38 @@ import pytest
 from tests.deploy.tools import ROOT, run
 
 SIZED_OVERLAYS = ["fp16", "awq"]
+
+
+def load_script() -> object:
+    spec = importlib.util.spec_from_file_location("plan_resources", ROOT / "deploy" / "plan_resources.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_planner_is_imported_and_gives_what_the_memory_command_prints(monkeypatch):
+    """No subprocess (a second interpreter per call, and errors as CalledProcessError tracebacks); same numbers."""
+    script = load_script()
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"plan_resources started a process: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    sized = script.sizing("meta-llama/Meta-Llama-3-8B-Instruct", "int4", 8192, 22)
+    monkeypatch.undo()
+    flags = ["--mode", "serve", "--dtype", "int4", "--seq-len", "8192", "--gpu-gib", "22", "--json"]
+    cli = run([sys.executable, "-m", "training", "memory", "--model", "meta-llama/Meta-Llama-3-8B-Instruct", *flags],
+              timeout=60, cwd=ROOT)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert sized["planner"] == json.loads(cli.stdout)
+
+
+def test_an_unknown_model_is_a_one_line_error():
+    result = run([sys.executable, str(ROOT / "deploy" / "plan_resources.py"), "--model", "no/such-model",
+                  "--dtype", "bf16", "--gpu-gib", "40"], timeout=60, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: 'no/such-model' is neither") and result.stderr.count("\n") == 1
 
 
 def planned(command: str) -> dict:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from training.errors import ModelError
 from training.memory import GIB, load_shape, plan
 
 from .conftest import REPO
@@ -73,7 +74,7 @@ def test_local_config_directory_is_read(tiny_model):
 
 
 def test_unknown_model_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"neither a directory with config\.json nor a known model"):
+    with pytest.raises(ModelError, match=r"neither a directory with config\.json nor a known model"):
         load_shape("no/such-model")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from training.errors import ModelError
 from training.quantize import choose_group_size, cpu_safe_activation_pinning
 
 
@@ -13,7 +14,7 @@ def test_group_size_divides_every_layer():
     assert choose_group_size([4096, 14336]) == 128  # Llama-3-8B
     assert choose_group_size([128, 256]) == 128  # the tiny test model
     assert choose_group_size([96, 160]) == 32
-    with pytest.raises(ValueError, match="no group size"):
+    with pytest.raises(ModelError, match="no group size"):
         choose_group_size([100])
 
 

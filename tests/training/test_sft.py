@@ -72,10 +72,10 @@ def test_yaml_config_with_cli_overrides(tmp_path):
         ([1, "2"], "must be a non-empty"),
         ([3, 3], "lists a record twice"),
     ):
-        with pytest.raises(ConfigError, match=f"config 'data.records' {problem}"):
+        with pytest.raises(ConfigError, match=f"config 'data.records': {problem}"):
             load_config(path, {"data.records": records})
     path.write_text("base: m\nout: o\nlora: {rank: 4}\n")
-    with pytest.raises(ConfigError, match=r"unknown config keys \['lora.rank'\]"):
+    with pytest.raises(ConfigError, match=r"config 'lora\.rank': unknown key"):
         load_config(path, {})
 
 
