@@ -9,7 +9,7 @@ from fastapi import Request
 from service.errors import Unauthorized
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Accept `Authorization: Bearer <key>` for any configured key; no keys configured means open.
 
     Declared on the `/v1` router, so it runs before any route dependency: a client without a key gets 401
