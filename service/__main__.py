@@ -34,6 +34,11 @@ def parse_args(argv: list[str]) -> dict:
     p.add_argument("--max-loras", type=int)
     p.add_argument("--max-lora-rank", type=int)
     p.add_argument("--gpu-memory-utilization", type=float)
+    p.add_argument(
+        "--kv-cache-memory-bytes",
+        metavar="SIZE",
+        help="KV-cache size (4GiB, 512MiB, bytes); default on CPU: derived from the model, at most 4 GiB",
+    )
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)
     p.add_argument("--max-num-queued-requests", type=int, help="engine queue cap; beyond it requests get 503")

@@ -8,11 +8,12 @@ engine, never written back here.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -28,6 +29,21 @@ class LoRAModule(BaseModel, frozen=True):
         if not sep or not name.strip() or not path.strip():
             raise ValueError(f"LoRA module must be NAME=PATH, got {spec!r}")
         return cls(name=name.strip(), path=Path(path.strip()))
+
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+_BINARY_UNITS = {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_bytes(value: object) -> object:
+    """`4GiB`, `512MiB`, `2G` or a plain number of bytes (vLLM's `--kv-cache-memory-bytes` takes these too)."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", value.lower())
+    if match is None:
+        raise ValueError(f"expected a size such as 4GiB, 512MiB or 1073741824, got {value!r}")
+    number, unit = match.groups()
+    return int(float(number) * {**_UNITS, **_BINARY_UNITS}[unit or ""])
 
 
 def _split_csv(value: object) -> object:
@@ -53,6 +69,10 @@ class Settings(BaseSettings):
     max_loras: int = Field(default=1, ge=1)
     max_lora_rank: int = Field(default=16, ge=1)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # KV-cache size; on CPU, unset means "derived from the model" (see engine.cpu_kv_cache_bytes), because
+    # vLLM's CPU worker otherwise reserves gpu_memory_utilization of the machine's memory and refuses to
+    # start whenever other programs hold some of it.
+    kv_cache_memory_bytes: Annotated[int | None, BeforeValidator(parse_bytes)] = Field(default=None, gt=0)
     max_num_seqs: int | None = Field(default=None, gt=0)
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
     max_num_queued_requests: int | None = Field(default=None, gt=0)

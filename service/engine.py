@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import fields
@@ -50,6 +51,9 @@ _MAPPED_APART = ("stop", "json_schema", "json_object")
 _SAMPLING_FIELDS = tuple(f.name for f in fields(GenerationParams) if f.name not in _MAPPED_APART)
 # Fields whose None means "the model's generation_config value, else vLLM's own default".
 _MODEL_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+GiB = 1024**3
+CPU_KV_CACHE_CAP = 4 * GiB
+CPU_KV_CACHE_SEQUENCES = 16
 
 
 def resolve_dtype(settings: Settings) -> str:
@@ -81,7 +85,31 @@ def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def cpu_kv_cache_bytes(args: AsyncEngineArgs) -> int:
+    """The CPU KV-cache size when none is given: room for `CPU_KV_CACHE_SEQUENCES` full-length sequences, at
+    most `CPU_KV_CACHE_CAP` but never less than one full-length sequence (vLLM refuses to start without that).
+
+    Without an explicit size, vLLM's CPU worker reserves `gpu_memory_utilization` (0.9) of the NUMA node's
+    memory and refuses to start unless that much is free: 17 GiB for a 135M model, and no start at all on a
+    machine where other programs hold a few GiB."""
+    model = args.create_model_config()
+    per_token = 2 * model.get_total_num_hidden_layers() * model.get_total_num_kv_heads() * model.get_head_size()
+    one_sequence = per_token * model.dtype.itemsize * model.max_model_len
+    return max(one_sequence, min(CPU_KV_CACHE_CAP, one_sequence * CPU_KV_CACHE_SEQUENCES))
+
+
 def build_engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) -> AsyncEngineArgs:
+    args = _engine_args(settings, num_adapters, use_null_adapter)
+    legacy_size = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "")  # vLLM's own variable overrides any size given
+    if args.kv_cache_memory_bytes is None and current_platform.is_cpu() and not legacy_size:
+        args.kv_cache_memory_bytes = cpu_kv_cache_bytes(args)
+        logger.info(
+            "KV cache on CPU: %.2f GiB (set --kv-cache-memory-bytes to change)", args.kv_cache_memory_bytes / GiB
+        )
+    return args
+
+
+def _engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) -> AsyncEngineArgs:
     return AsyncEngineArgs(
         model=settings.model,
         served_model_name=settings.model_name,
@@ -90,6 +118,7 @@ def build_engine_args(settings: Settings, num_adapters: int, use_null_adapter: b
         quantization=settings.quantization,
         max_model_len=settings.max_model_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
+        kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         max_num_queued_reqs=settings.max_num_queued_requests,
