@@ -1,10 +1,17 @@
 """`make bench`: our service vs vLLM's own OpenAI server, same model, same engine settings, same load.
 
 Load: vLLM's own serving benchmark (`vllm.benchmarks.serve`), random 64-token prompts, 64 output tokens,
-ignore_eos, 300 requests at concurrency 32, against `/v1/completions`. Servers run one at a time (two at once
-skew each other on 2 cores), alternating for several rounds; vLLM's server here is bimodal (about half its
-runs have a ~2 s stall wave), so we compare per-round ratios and their median, never single runs.
-Writes the `## Serving` section of BENCHMARKS.md.
+ignore_eos, 300 requests at concurrency 32. Two workloads, each with its own section of BENCHMARKS.md:
+
+- `smollm2-completions`: SmolLM2-135M-Instruct on `/v1/completions` (`## Serving`);
+- `tiny-chat`: the tiny random test model on `/v1/chat/completions` (`## Serving: tiny model, chat`). Its forward
+  pass is nearly free, so what the two servers do around the engine (chat templating, SSE, detokenising)
+  decides the numbers: the workload where our API layer's own cost shows.
+
+Servers run one at a time (two at once skew each other on 2 cores), alternating for several rounds; vLLM's
+server here is bimodal (about half its runs have a ~2 s stall wave), so we compare per-round ratios and their
+median, never single runs. A section is rewritten only by a full run (default load and rounds).
+Quick check: `python -m bench.serving --only tiny-chat --rounds 1 --num-prompts 40 --no-write`.
 """
 
 from __future__ import annotations
@@ -15,16 +22,18 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from service.launcher import HOST, REPO, ServerProcess, free_port, service_process
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = "models/smollm2-135m-instruct"
-ENGINE_FLAGS = ["--dtype", "float32", "--max-model-len", "2048"]
+INPUT_TOKENS = 64
+OUTPUT_TOKENS = 64
+FULL_NUM_PROMPTS = 300
+FULL_CONCURRENCY = 32
+SERVER_NAMES = ("tsumugi", "vllm")
 REPORTED = (
     "output_throughput",
     "median_ttft_ms",
@@ -33,32 +42,69 @@ REPORTED = (
     "median_e2el_ms",
     "completed",
 )
-SERVERS = {
-    "tsumugi": [sys.executable, "-m", "service"],
-    "vllm": [sys.executable, "-m", "vllm.entrypoints.openai.api_server"],
+# Same engine memory for both servers; PYTHONUNBUFFERED keeps both logs current while a round runs.
+SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "4", "PYTHONUNBUFFERED": "1"}
+TINY_MODEL = "runs/bench-tiny-model"
+
+
+def build_tiny_model() -> None:
+    """The tests' tiny Llama (ChatML template), built once: the same seed gives the same model every time."""
+    from tests.fixtures.tiny_model import build_tiny_llama
+
+    build_tiny_llama(REPO / TINY_MODEL, seed=0)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One kind of round: a model, the API it is driven through, and the engine flags both servers get."""
+
+    name: str
+    heading: str
+    model: str
+    backend: str
+    endpoint: str
+    engine_flags: tuple[str, ...]
+    rounds: int
+    prepare: Callable[[], None] | None = None
+
+
+WORKLOADS = {
+    workload.name: workload
+    for workload in (
+        Workload(
+            name="smollm2-completions",
+            heading="## Serving",
+            model="models/smollm2-135m-instruct",
+            backend="openai",
+            endpoint="/v1/completions",
+            engine_flags=("--dtype", "float32", "--max-model-len", "2048"),
+            rounds=3,
+        ),
+        Workload(
+            name="tiny-chat",
+            heading="## Serving: tiny model, chat",
+            model=TINY_MODEL,
+            backend="openai-chat",
+            endpoint="/v1/chat/completions",
+            engine_flags=("--dtype", "float32", "--max-model-len", "512"),
+            rounds=4,
+            prepare=build_tiny_model,
+        ),
+    )
 }
 
 
-def start_server(name: str, port: int, log: Path) -> subprocess.Popen:
-    cmd = [*SERVERS[name], "--model", MODEL, *ENGINE_FLAGS, "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    ready_path = "/ready" if name == "tsumugi" else "/health"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    proc.kill()
-    raise TimeoutError(f"{name} did not become ready; see {log}")
+def server_process(name: str, workload: Workload, log: Path) -> ServerProcess:
+    """Ours (ready on /ready) or vLLM's own OpenAI server (ready on /health), not started yet."""
+    args = ["--model", workload.model, *workload.engine_flags]
+    if name == "tsumugi":
+        return service_process(args, log, env=SERVER_ENV)
+    port = free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args, "--host", HOST, "--port", str(port)]
+    return ServerProcess(argv, log, port=port, ready_path="/health", env=SERVER_ENV, name="vllm")
 
 
-def run_load(port: int, num_prompts: int, concurrency: int) -> dict:
+def run_load(port: int, workload: Workload, num_prompts: int, concurrency: int) -> dict:
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -66,9 +112,10 @@ def run_load(port: int, num_prompts: int, concurrency: int) -> dict:
     add_cli_args(parser)
     args = parser.parse_args(
         [
-            "--backend", "openai", "--endpoint", "/v1/completions", "--port", str(port),
-            "--model", MODEL, "--tokenizer", MODEL,
-            "--dataset-name", "random", "--random-input-len", "64", "--random-output-len", "64",
+            "--backend", workload.backend, "--endpoint", workload.endpoint, "--port", str(port),
+            "--model", workload.model, "--tokenizer", workload.model,
+            "--dataset-name", "random", "--random-input-len", str(INPUT_TOKENS),
+            "--random-output-len", str(OUTPUT_TOKENS),
             "--ignore-eos", "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
             "--seed", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
         ]
@@ -76,97 +123,144 @@ def run_load(port: int, num_prompts: int, concurrency: int) -> dict:
     return main(args)
 
 
-def run_round(name: str, port: int, log_dir: Path, num_prompts: int, concurrency: int) -> dict:
-    proc = start_server(name, port, log_dir / f"{name}-{port}.log")
-    try:
-        run_load(port, min(32, num_prompts), concurrency)  # warm-up, not recorded
-        result = run_load(port, num_prompts, concurrency)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
-    keys = (
-        "output_throughput",
-        "median_ttft_ms",
-        "p99_ttft_ms",
-        "median_itl_ms",
-        "median_e2el_ms",
-        "completed",
-    )
-    return {key: result.get(key) for key in keys}
+def run_round(name: str, workload: Workload, log: Path, num_prompts: int, concurrency: int) -> dict:
+    with server_process(name, workload, log) as server:
+        run_load(server.port, workload, min(32, num_prompts), concurrency)  # warm-up, not recorded
+        result = run_load(server.port, workload, num_prompts, concurrency)
+    return {key: result.get(key) for key in REPORTED}
 
 
-def write_report(rounds: list[dict], args: argparse.Namespace) -> str:
-    ratios_tp = [r["tsumugi"]["output_throughput"] / r["vllm"]["output_throughput"] for r in rounds]
-    ratios_ttft = [r["tsumugi"]["median_ttft_ms"] / r["vllm"]["median_ttft_ms"] for r in rounds]
+def ratios(rounds: list[dict], key: str) -> list[float]:
+    """tsumugi / vLLM for one metric, per round (both servers of a round saw the same machine state)."""
+    return [r["tsumugi"][key] / r["vllm"][key] for r in rounds]
+
+
+def write_report(workload: Workload, rounds: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        "## Serving",
+        workload.heading,
         "",
         f"- Date: {datetime.date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; command: `make bench` (`python -m bench.serving`, "
-        f"{args.rounds} rounds)",
-        f"- Model: {MODEL} (float32, max_model_len 2048); load: vllm.benchmarks.serve, random 64-in/64-out, "
-        f"ignore_eos, {args.num_prompts} requests, concurrency {args.concurrency}, /v1/completions.",
+        f"Python {platform.python_version()}; command: `make bench` (`python -m bench.serving`, workload "
+        f"`{workload.name}`, {len(rounds)} rounds)",
+        f"- Model: {workload.model} ({' '.join(workload.engine_flags)}); load: vllm.benchmarks.serve "
+        f"`--backend {workload.backend}`, random {INPUT_TOKENS}-in/{OUTPUT_TOKENS}-out, ignore_eos, "
+        f"{args.num_prompts} requests, concurrency {args.concurrency}, {workload.endpoint}.",
         "- Servers alternate one at a time; ratio = tsumugi / vLLM's own server in the same round.",
         "",
         "| round | server | output tok/s | median TTFT ms | p99 TTFT ms | median ITL ms | median E2E ms |",
         "|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rounds, 1):
-        for name in ("tsumugi", "vllm"):
+        for name in SERVER_NAMES:
             m = {key: ("n/a" if value is None else f"{value:.1f}") for key, value in r[name].items()}
             lines.append(
                 f"| {i} | {name} | {m['output_throughput']} | {m['median_ttft_ms']} | {m['p99_ttft_ms']} | "
                 f"{m['median_itl_ms']} | {m['median_e2el_ms']} |"
             )
-    lines += [
-        "",
-        f"- Throughput ratio per round: {', '.join(f'{x:.3f}' for x in ratios_tp)}; "
-        f"**median {statistics.median(ratios_tp):.3f}x** (target >= 1.0).",
-        f"- Median-TTFT ratio per round: {', '.join(f'{x:.3f}' for x in ratios_ttft)}; "
-        f"**median {statistics.median(ratios_ttft):.3f}x** (target <= 1.0).",
-        "",
-    ]
-    return "\n".join(lines)
+    lines.append("")
+    for label, key, target in (
+        ("Throughput", "output_throughput", ">= 1.0"),
+        ("Median-TTFT", "median_ttft_ms", "<= 1.0"),
+        ("Median-ITL", "median_itl_ms", "<= 1.0"),
+    ):
+        per_round = ratios(rounds, key)
+        lines.append(
+            f"- {label} ratio per round: {', '.join(f'{x:.3f}' for x in per_round)}; "
+            f"**median {statistics.median(per_round):.3f}x** (target {target})."
+        )
+    bursty = [name for name in SERVER_NAMES if any((r[name]["median_itl_ms"] or 0) < 0.1 for r in rounds)]
+    if bursty:
+        lines.append(
+            f"- Median ITL under 0.1 ms ({', '.join(bursty)}): most of each response came in one SSE burst (ITL is "
+            "the gap between chunks), so the ITL ratio flatters that server; read TTFT and E2E instead."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, section: str) -> str:
+    """`text` with the section under the same `## ` heading line replaced by `section`, others untouched.
+
+    Headings match whole lines (`## Serving` is not `## Serving: tiny model, chat`). A new serving section
+    goes after the last existing one, so the serving results stay together."""
+    heading = section.splitlines()[0]
+    lines = text.splitlines(keepends=True)
+    headings = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    same = [i for i in headings if lines[i].rstrip("\n") == heading]
+    if same:
+        start = same[0]
+        end = next((i for i in headings if i > start), len(lines))
+    else:
+        serving = [i for i in headings if lines[i].startswith("## Serving")]
+        after = [i for i in headings if serving and i > serving[-1]]
+        start = end = after[0] if after else len(lines)
+    before, rest = "".join(lines[:start]), "".join(lines[end:])
+    before = before.rstrip("\n") + "\n\n" if before.strip() else before
+    return before + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
 
 
 def update_benchmarks_md(section: str) -> None:
-    """Replace the `## Serving` section of BENCHMARKS.md, leaving other sections as they are."""
     path = REPO / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    start = text.find("## Serving")
-    if start == -1:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
-    path.write_text(text, encoding="utf-8")
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    path.write_text(replace_section(text, section), encoding="utf-8")
+
+
+def is_full_run(workload: Workload, rounds: int, args: argparse.Namespace) -> bool:
+    """Only the documented load and round count may replace a BENCHMARKS.md section; smoke runs may not."""
+    return args.num_prompts == FULL_NUM_PROMPTS and args.concurrency == FULL_CONCURRENCY and rounds >= workload.rounds
+
+
+def run_workload(workload: Workload, args: argparse.Namespace, log_dir: Path) -> list[dict]:
+    if workload.prepare:
+        workload.prepare()
+    rounds = []
+    for i in range(args.rounds or workload.rounds):
+        order = SERVER_NAMES if i % 2 == 0 else SERVER_NAMES[::-1]
+        result = {
+            name: run_round(name, workload, log_dir / f"{workload.name}-{i + 1}-{name}.log", args.num_prompts,
+                            args.concurrency)
+            for name in order
+        }  # fmt: skip
+        print(json.dumps({"round": i + 1, "workload": workload.name, **result}), flush=True)
+        rounds.append(result)
+    return rounds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serving")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--num-prompts", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--port", type=int, default=8400)
+    parser.add_argument("--only", action="append", choices=list(WORKLOADS), help="run only this workload (repeatable)")
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default: smollm2 3, tiny-chat 4)")
+    parser.add_argument("--num-prompts", type=int, default=FULL_NUM_PROMPTS)
+    parser.add_argument("--concurrency", type=int, default=FULL_CONCURRENCY)
+    parser.add_argument("--no-write", action="store_true", help="print the report, leave BENCHMARKS.md alone")
     parser.add_argument("--report-from", type=Path, help="rewrite the report from a log of an earlier run")
     args = parser.parse_args()
+    workloads = [WORKLOADS[name] for name in args.only or WORKLOADS]
     if args.report_from:
-        lines = args.report_from.read_text().splitlines()
-        rounds = [json.loads(line) for line in lines if line.startswith('{"round"')]
-        update_benchmarks_md(write_report([{k: r[k] for k in SERVERS} for r in rounds], args))
-        return
-    log_dir = REPO / "runs" / "bench"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    rounds = []
-    for i in range(args.rounds):
-        order = ("tsumugi", "vllm") if i % 2 == 0 else ("vllm", "tsumugi")
-        result = {name: run_round(name, args.port + j, log_dir, args.num_prompts, args.concurrency)
-                  for j, name in enumerate(order)}  # fmt: skip
-        print(json.dumps({"round": i + 1, **result}), flush=True)
-        rounds.append(result)
-    section = write_report(rounds, args)
-    update_benchmarks_md(section)
-    print(section)
+        logged = [json.loads(line) for line in args.report_from.read_text().splitlines() if line.startswith('{"round"')]
+        results = {
+            workload.name: [
+                {name: r[name] for name in SERVER_NAMES}
+                for r in logged
+                if r.get("workload", "smollm2-completions") == workload.name  # logs before tiny-chat had one
+            ]
+            for workload in workloads
+        }
+    else:
+        log_dir = REPO / "runs" / "bench"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        results = {workload.name: run_workload(workload, args, log_dir) for workload in workloads}
+    for workload in workloads:
+        rounds = results[workload.name]
+        if not rounds:
+            continue
+        section = write_report(workload, rounds, args)
+        print(section)
+        if args.no_write:
+            continue
+        if args.report_from or is_full_run(workload, len(rounds), args):
+            update_benchmarks_md(section)
+        else:
+            print(f"(not a full run: BENCHMARKS.md `{workload.heading}` left as it is)")
 
 
 if __name__ == "__main__":

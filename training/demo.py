@@ -11,17 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.config import load_config
-from training.evaluate import Question, Score, ServedModel, load_eval_set, score
+from training.errors import OutputExistsError
+
+if TYPE_CHECKING:
+    from training.evaluate import Question, Score
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "demo_smollm2_ja.yaml"
 DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "ja_sample_eval.json"
 ADAPTER_NAME = "ja"
 
 
-def add_demo_parser(commands) -> None:
-    p = commands.add_parser("demo", help="LoRA on the Japanese sample, then the before/after table")
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--base", help="override the config's base model")
     p.add_argument("--out", help="override the config's output directory")
@@ -34,6 +37,7 @@ def add_demo_parser(commands) -> None:
 
 def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = False) -> tuple[Score, Score]:
     """Train (unless a finished adapter exists) and return (base score, adapter score)."""
+    from training.evaluate import EvaluationServer, load_eval_set, score  # httpx and the service: only here
     from training.sft import run_sft
 
     cfg = load_config(config, overrides)
@@ -45,13 +49,13 @@ def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = Fal
     if out.exists():
         manifest = json.loads((out / "training_manifest.json").read_text(encoding="utf-8"))
         if manifest.get("config") != cfg.to_dict():
-            raise FileExistsError(f"{out} was trained with a different recipe; use --retrain to replace it")
+            raise OutputExistsError(f"{out} was trained with a different recipe; use --retrain to replace it")
         print(f"using the adapter already in {out} (--retrain to train again)")
     else:
         run_sft(cfg)
     questions = load_eval_set(eval_file)
     service_args = ["--model", cfg.base, "--lora-modules", f"{ADAPTER_NAME}={out}", "--dtype", "float32"]
-    with ServedModel(service_args, out.with_name(out.name + ".serve.log")) as server:
+    with EvaluationServer(service_args, out.with_name(out.name + ".serve.log")) as server:
         before = score(server, cfg.base, questions)
         after = score(server, ADAPTER_NAME, questions)
     print_table(questions, before, after)

@@ -8,18 +8,14 @@ greedy chat requests over HTTP: the adapter is prompted through its own chat tem
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from service.launcher import REPO, service_process
 from training.data import AlpacaRecord, load_records
 
-REPO = Path(__file__).resolve().parent.parent
 SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
 
 
@@ -47,57 +43,29 @@ def load_eval_set(eval_file: Path) -> list[Question]:
     return questions
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class EvaluationServer:
+    """The service from the serving virtualenv, as a context manager, answering `.chat(model, text)` greedily.
 
-
-class ServedModel:
-    """`python -m service` in a subprocess; use as a context manager, then `.chat(model, text)`."""
+    Not `service.registry.ServedModel` (a model the service serves): this is a whole service process."""
 
     def __init__(self, service_args: list[str], log_path: Path, ready_timeout: float = 600.0) -> None:
         if not SERVE_PYTHON.exists():
             raise FileNotFoundError(f"{SERVE_PYTHON} is missing; run `make .venv-serve/.installed` first")
-        self.port = free_port()
-        self.args = [str(SERVE_PYTHON), "-m", "service", *service_args, "--host", "127.0.0.1", "--port", str(self.port)]
-        self.log_path = Path(log_path)
-        self.ready_timeout = ready_timeout
-        self.process: subprocess.Popen | None = None
+        # VIRTUAL_ENV would name the training env while the serving env's Python runs.
+        self.server = service_process(
+            service_args, log_path, python=SERVE_PYTHON, env={"VIRTUAL_ENV": None}, ready_timeout=ready_timeout
+        )
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.server.url
 
-    def __enter__(self) -> ServedModel:
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        env.pop("VIRTUAL_ENV", None)
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.__exit__(None, None, None)
-        raise TimeoutError(f"service not ready after {self.ready_timeout} s:\n{self.log_tail()}")
+    def __enter__(self) -> EvaluationServer:
+        self.server.start()
+        return self
 
-    def __exit__(self, *exc_info) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.stop()
 
     def chat(self, model: str, text: str, max_tokens: int = 48) -> str:
         """Greedy reply to one user message."""
@@ -126,7 +94,7 @@ class Score:
         return self.correct / self.total if self.total else 0.0
 
 
-def score(server: ServedModel, model: str, questions: list[Question], max_tokens: int = 48) -> Score:
+def score(server: EvaluationServer, model: str, questions: list[Question], max_tokens: int = 48) -> Score:
     replies = [server.chat(model, q.prompt, max_tokens) for q in questions]
     correct = sum(q.answer in reply for q, reply in zip(questions, replies, strict=True))
     return Score(correct=correct, total=len(questions), replies=replies)

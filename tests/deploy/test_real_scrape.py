@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.launcher import ServerProcess, free_port, service_process
 from tests.deploy import promql
 from tests.deploy.tools import ALERT_RULES, DEPLOY, ROOT, SERVE_PYTHON, tool
 
@@ -30,12 +29,6 @@ SERVICE_READY_TIMEOUT = 240
 SCRAPE_TIMEOUT = 60
 # Series that only exist on Kubernetes (kube-state-metrics) and so cannot appear in a loopback scrape.
 CLUSTER_ONLY = {"kube_pod_container_status_restarts_total"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(url: str, body: dict | None = None, headers: dict | None = None, timeout: float = 30):
@@ -51,39 +44,6 @@ def http(url: str, body: dict | None = None, headers: dict | None = None, timeou
         return None, {}, ""
 
 
-def wait_until(predicate, timeout: float, what: str, process: subprocess.Popen, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what}: process exited with {process.returncode}\n{log.read_text()[-4000:]}")
-        if predicate():
-            return
-        time.sleep(1)
-    pytest.fail(f"{what}: not within {timeout} s\n{log.read_text()[-4000:]}")
-
-
-def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group (vLLM's engine runs in child processes), then SIGKILL after a bound."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
@@ -96,26 +56,15 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def service(tiny_model, tmp_path_factory):
     """The service as the image runs it (python -m service), with an API key, on a free loopback port."""
-    port = free_port()
+    args = ["--model", str(tiny_model), "--served-model-name", SERVED_NAME, "--api-key", API_KEY]
+    args += ["--max-model-len", "512"]
+    inherited_settings = {key: None for key in os.environ if key.startswith("TSUMUGI_")}
     log = tmp_path_factory.mktemp("service") / "service.log"
-    args = [
-        str(SERVE_PYTHON),
-        "-m",
-        "service",
-        "--model",
-        str(tiny_model),
-        "--served-model-name",
-        SERVED_NAME,
-    ]
-    args += ["--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY, "--max-model-len", "512"]
-    clean_env = {key: value for key, value in os.environ.items() if not key.startswith("TSUMUGI_")}
-    process = start(args, log, env={**clean_env, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http(f"{url}/ready")[0] == 200, SERVICE_READY_TIMEOUT, "service /ready", process, log)
-        yield url
-    finally:
-        stop(process)
+    server = service_process(
+        args, log, python=SERVE_PYTHON, env=inherited_settings, ready_timeout=SERVICE_READY_TIMEOUT, stop_grace=45
+    )
+    with server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -142,30 +91,28 @@ def prometheus(service, traffic, tmp_path_factory):
     job["static_configs"] = [{"targets": [urllib.parse.urlparse(service).netloc]}]
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    log = workdir / "prometheus.log"
-    process = start(
+    server = ServerProcess(
         [
             tool("prometheus"),
             f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
-        log,
+        workdir / "prometheus.log",
+        port=port,
+        ready_path="/-/ready",
+        name="prometheus",
+        ready_timeout=30,
+        stop_grace=45,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http(f"{url}/-/ready")[0] == 200, 30, "prometheus ready", process, log)
+    with server:
         # Prometheus 2.42 waits a few seconds before its first scrape; wait for our request counter.
-        wait_until(
-            lambda: query(url, 'tsumugi_requests_total{job="tsumugi", status="200"}'),
+        server.wait_until(
+            lambda: bool(query(server.url, 'tsumugi_requests_total{job="tsumugi", status="200"}')),
             SCRAPE_TIMEOUT,
-            "first scrape with traffic",
-            process,
-            log,
+            "scraping our traffic",
         )
-        yield url
-    finally:
-        stop(process)
+        yield server.url
 
 
 def query(prometheus_url: str, expr: str) -> list[dict]:

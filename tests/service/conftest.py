@@ -12,9 +12,9 @@ from pathlib import Path
 import openai
 import pytest
 
+from service.launcher import ServerProcess, service_process
 from tests.fixtures.adapters import ALPACA_JA_TEMPLATE, write_random_adapter
 from tests.fixtures.tiny_model import build_tiny_llama
-from tests.service.server import ServiceProcess
 
 API_KEY = "test-key-123"
 BASE = "tiny"
@@ -45,16 +45,15 @@ def server(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest
         "--max-model-len", "512",
         "--api-key", API_KEY,
     ]  # fmt: skip
-    proc = ServiceProcess(args, tmp_path_factory.mktemp("logs") / "server.log").start()
-    yield proc
-    proc.stop()
+    with service_process(args, tmp_path_factory.mktemp("logs") / "server.log") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="session")
-def client(server: ServiceProcess) -> openai.OpenAI:
+def client(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="session")
-def async_client(server: ServiceProcess) -> openai.AsyncOpenAI:
+def async_client(server: ServerProcess) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)

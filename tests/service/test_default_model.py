@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from service.default_model import DEFAULT_MODEL_DIR, convert
-from tests.service.server import REPO, ServiceProcess
+from service.launcher import REPO, service_process
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 pytestmark = pytest.mark.slow
@@ -21,10 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     model_dir = convert(REPO / DEFAULT_MODEL_DIR)
-    proc = ServiceProcess(["--max-model-len", "2048"], tmp_path_factory.mktemp("logs") / "smollm2.log")
-    proc.start()
-    yield model_dir, proc
-    proc.stop()
+    with service_process(["--max-model-len", "2048"], tmp_path_factory.mktemp("logs") / "smollm2.log") as proc:
+        yield model_dir, proc
 
 
 def test_default_model_answers_and_matches_transformers(smollm2):

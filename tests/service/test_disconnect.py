@@ -1,4 +1,12 @@
-"""A client that goes away aborts its engine request: nothing keeps generating for nobody."""
+"""A client that goes away aborts its engine request: nothing keeps generating for nobody.
+
+The request asks for far more tokens than the engine generates in the seconds around the disconnect (32000,
+on a long-context tiny model), and vLLM's own generated-token counter is read at the disconnect and again once
+nothing runs: with an abort only a few more tokens follow; without one the engine generates the rest of the
+budget (or is still at it when the wait ends). Counting tokens, not timing them, keeps this true at any speed.
+On 2 cores the first chunk can reach the client late, so each test also checks that enough of the budget was
+left at the disconnect for the difference to show.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +14,64 @@ import contextlib
 import time
 
 import httpx
+import pytest
 
-from tests.service.conftest import API_KEY, BASE
+from service.launcher import ServerProcess, service_process
+from tests.fixtures.tiny_model import build_tiny_llama
+from tests.service.conftest import BASE
 from tests.service.routes.test_health import sample_value, scrape
 
-LONG = {"model": BASE, "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "ignore_eos": True}
+LONG_TOKENS = 32000
+IDLE_TIMEOUT = 60.0  # longer than the rest of the budget takes to generate, so a missing abort shows in tokens
+LONG = {"model": BASE, "messages": [{"role": "user", "content": "go"}], "max_tokens": LONG_TOKENS, "ignore_eos": True}
 
 
-def running(url: str) -> tuple[float, float]:
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory: pytest.TempPathFactory):
+    """Its own server: the session one's 512-token context finishes any request before a disconnect matters."""
+    folder = tmp_path_factory.mktemp("disconnect")
+    model = build_tiny_llama(folder / "tiny-long", seed=0, max_positions=LONG_TOKENS + 192)
+    with service_process(["--model", str(model), "--served-model-name", BASE], folder / "server.log") as server:
+        yield server
+
+
+def counts(url: str) -> tuple[float, float, float]:
+    """(engine requests running, our requests in flight, tokens the engine has generated in total)."""
     metrics = scrape(url)
     engine = sample_value(metrics.get("vllm:num_requests_running", []), "vllm:num_requests_running")
     ours = sample_value(metrics["tsumugi_requests_in_flight"], "tsumugi_requests_in_flight")
-    return engine, ours
+    generated = sample_value(metrics.get("vllm:generation_tokens", []), "vllm:generation_tokens_total")
+    return engine, ours, generated
 
 
-def wait_idle(url: str, timeout: float = 30.0) -> tuple[float, float]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        counts = running(url)
-        if counts == (0, 0):
-            return counts
-        time.sleep(0.5)
-    return running(url)
+def assert_aborted(server: ServerProcess, before: float, at_disconnect: float) -> None:
+    """Nothing runs soon after the disconnect, and the engine generated only a little of what was left."""
+    left = LONG_TOKENS - (at_disconnect - before)
+    assert left >= LONG_TOKENS / 4, f"only {left:.0f} tokens were left at the disconnect: too few to tell"
+    deadline = time.monotonic() + IDLE_TIMEOUT
+    while True:
+        engine, ours, generated = counts(server.url)
+        if (engine, ours) == (0, 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (engine, ours) == (0, 0), f"{IDLE_TIMEOUT} s after the disconnect: engine running {engine}, ours {ours}"
+    after = generated - at_disconnect
+    assert after < left / 2, f"{after:.0f} of the {left:.0f} tokens left were generated after the client went away"
 
 
-def test_stream_disconnect_aborts(server):
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json={**LONG, "stream": True}, headers=headers) as r:
+def test_stream_disconnect_aborts(long_server):
+    before = counts(long_server.url)[2]
+    with httpx.stream("POST", f"{long_server.url}/v1/chat/completions", json={**LONG, "stream": True}) as r:
         lines = r.iter_lines()
         for _ in range(4):
             next(lines)
-        assert running(server.url)[1] == 1
-    assert wait_idle(server.url) == (0, 0)
+        _, in_flight, at_disconnect = counts(long_server.url)
+    assert in_flight == 1, f"the request had ended before the disconnect ({at_disconnect - before:.0f} tokens)"
+    assert_aborted(long_server, before, at_disconnect)
 
 
-def test_non_stream_disconnect_aborts(server):
-    headers = {"Authorization": f"Bearer {API_KEY}"}
+def test_non_stream_disconnect_aborts(long_server):
+    before = counts(long_server.url)[2]
     with contextlib.suppress(httpx.TimeoutException):
-        httpx.post(f"{server.url}/v1/chat/completions", json=LONG, headers=headers, timeout=1.0)
-    assert wait_idle(server.url) == (0, 0)
+        httpx.post(f"{long_server.url}/v1/chat/completions", json=LONG, timeout=1.0)
+    assert_aborted(long_server, before, at_disconnect=counts(long_server.url)[2])

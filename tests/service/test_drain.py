@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
+from service.launcher import service_process
 from tests.fixtures.tiny_model import build_tiny_llama
-from tests.service.server import ServiceProcess
 
 DRAIN_TIMEOUT = 6
 LONG_TOKENS = 8000
@@ -21,12 +21,9 @@ LONG_TOKENS = 8000
 def draining_server(tmp_path):
     # A long context, so one stream can outlast the drain timeout at any speed this machine has.
     model = build_tiny_llama(tmp_path / "tiny-long", seed=0, max_positions=LONG_TOKENS + 192)
-    proc = ServiceProcess(
-        ["--model", str(model), "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT)],
-        tmp_path / "drain.log",
-    ).start()
-    yield proc
-    proc.stop()
+    args = ["--model", str(model), "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT)]
+    with service_process(args, tmp_path / "drain.log") as proc:
+        yield proc
 
 
 def stream_events(url: str, max_tokens: int, out: list) -> None:
@@ -62,7 +59,11 @@ def test_sigterm_drains_then_exits_zero(draining_server):
     ]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    # SIGTERM only once both streams run (on a busy machine a fixed sleep can fire before they are admitted).
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/ready").json().get("active_requests") != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     draining_server.terminate()
     time.sleep(0.5)
 
@@ -77,7 +78,7 @@ def test_sigterm_drains_then_exits_zero(draining_server):
 
     for t in threads:
         t.join(timeout=DRAIN_TIMEOUT + 30)
-    assert draining_server.proc.wait(timeout=60) == 0
+    assert draining_server.process.wait(timeout=60) == 0
 
     # The short stream completed normally.
     assert short[-1] == "data: [DONE]"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from training.evaluate import ServedModel, load_eval_set, score
+from training.evaluate import EvaluationServer, load_eval_set, score
 from training.merge import merge_adapter
 from training.quantize import quantize_model
 from training.sft import run_sft
@@ -33,7 +33,7 @@ def test_adapters_serve_and_answer_where_the_base_model_does_not(tiny_model, tin
     questions = load_eval_set(tiny_eval)
     args = ["--model", str(tiny_model), "--dtype", "float32", "--max-lora-rank", "16",
             "--lora-modules", f"ja={trained['lora']}", f"qja={trained['qlora']}"]  # fmt: skip
-    with ServedModel(args, trained["folder"] / "adapters.log") as server:
+    with EvaluationServer(args, trained["folder"] / "adapters.log") as server:
         base = score(server, str(tiny_model), questions)
         lora = score(server, "ja", questions)
         qlora = score(server, "qja", questions)
@@ -52,13 +52,13 @@ def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_
     questions = load_eval_set(tiny_eval)
     merged = merge_adapter(str(tiny_model), trained["lora"], trained["folder"] / "merged", dtype="fp16")
     assert (merged / "chat_template.jinja").read_text() == (trained["lora"] / "chat_template.jinja").read_text()
-    with ServedModel(["--model", str(merged), "--dtype", "float32"], trained["folder"] / "merged.log") as server:
+    with EvaluationServer(["--model", str(merged), "--dtype", "float32"], trained["folder"] / "merged.log") as server:
         merged_score = score(server, str(merged), questions)
     assert merged_score.correct == merged_score.total, merged_score.replies
 
     awq = quantize_model(merged, trained["data"], trained["folder"] / "awq", method="awq", num_samples=6)
     # vLLM's CPU W4A16 kernel (cpu_gemm_wna16) takes 16-bit activations only.
-    with ServedModel(["--model", str(awq), "--dtype", "bfloat16"], trained["folder"] / "awq.log") as server:
+    with EvaluationServer(["--model", str(awq), "--dtype", "bfloat16"], trained["folder"] / "awq.log") as server:
         awq_score = score(server, str(awq), questions)
     record_property("awq_correct", awq_score.correct)
     print(f"\nAWQ W4A16 held-in exact answers: {awq_score.correct}/{awq_score.total}")

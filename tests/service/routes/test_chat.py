@@ -96,6 +96,36 @@ def test_sampling_fields_accepted(client):
     assert response.usage.completion_tokens == 5
 
 
+def sampled(client: openai.OpenAI, **fields) -> str:
+    """16 tokens at temperature 1 with a fixed seed (the random tiny model spreads them over many tokens)."""
+    response = client.chat.completions.create(
+        model=BASE, messages=HELLO, max_tokens=16, temperature=1.0, extra_body={"ignore_eos": True, **fields}
+    )
+    return response.choices[0].message.content
+
+
+@pytest.mark.parametrize("restriction", [{"top_k": 1}, {"top_p": 1e-6}], ids=["top_k", "top_p"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_keeping_only_the_top_token_samples_the_greedy_output(client, restriction, seed):
+    """Reaches the engine: with it, sampling is greedy; without it, the same seed samples something else."""
+    reference = greedy(client, max_tokens=16, extra_body={"ignore_eos": True}).choices[0].message.content
+    assert sampled(client, seed=seed) != reference  # so a dropped restriction cannot pass
+    assert sampled(client, seed=seed, **restriction) == reference
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [{"repetition_penalty": 1.5}, {"presence_penalty": 2.0}, {"frequency_penalty": 2.0}],
+    ids=["repetition", "presence", "frequency"],
+)
+def test_penalties_change_the_greedy_output(client, penalty):
+    """Greedy output of the tiny model repeats itself within 16 tokens; a penalty that reaches the engine breaks
+    that repetition (measured: each of these changes the text from the 7th token on)."""
+    plain = greedy(client, max_tokens=16, extra_body={"ignore_eos": True}).choices[0].message.content
+    penalised = greedy(client, max_tokens=16, extra_body={"ignore_eos": True, **penalty})
+    assert penalised.choices[0].message.content != plain
+
+
 def test_logprobs_and_top_logprobs(client):
     response = greedy(client, max_tokens=4, logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
     content = response.choices[0].logprobs.content
