@@ -49,14 +49,16 @@ class Generation:
         self,
         lifecycle: Lifecycle,
         tracker: RequestTracker,
-        stream: AsyncIterator[Tagged],
+        stream: AsyncIterator[EngineStep] | AsyncIterator[Tagged],
         lifecycle_key: str,
+        num_prompts: int,
         num_choices: int,
         num_prompt_tokens: int,
     ) -> None:
         self._lifecycle = lifecycle
         self._tracker = tracker
         self._stream = stream
+        self._single = num_prompts == 1  # then `stream` is the engine's own iterator: one layer less per token
         self._num_choices = num_choices
         self._num_finished = 0
         self._first: Tagged | None = None
@@ -82,12 +84,14 @@ class Generation:
             engine.generate(engine_id, ids, p, served.adapter)
             for engine_id, ids, p in zip(engine_ids, prompts, params, strict=True)
         ]
-        stream = _tagged(parts[0]) if len(parts) == 1 else _merged(parts)
+        stream = parts[0] if len(parts) == 1 else _merged(parts)
         tracker = context.metrics.track(served.name, endpoint)
-        generation = cls(context.lifecycle, tracker, stream, key, sum(p.n for p in params), sum(map(len, prompts)))
+        num_choices, num_prompt_tokens = sum(p.n for p in params), sum(map(len, prompts))
+        generation = cls(context.lifecycle, tracker, stream, key, len(prompts), num_choices, num_prompt_tokens)
         context.lifecycle.started(key, engine_ids)
         try:
-            generation._first = await anext(stream, None)
+            first = await anext(stream, None)
+            generation._first = (0, first) if len(parts) == 1 and first is not None else first
         except APIError as exc:
             await generation._settle(exc.status)
             raise
@@ -102,8 +106,12 @@ class Generation:
         try:
             if self._first is not None:
                 yield self._count(self._first)
-                async for item in self._stream:
-                    yield self._count(item)
+                if self._single:
+                    async for step in self._stream:
+                        yield self._count((0, step))
+                else:
+                    async for item in self._stream:
+                        yield self._count(item)
             if self._num_finished < self._num_choices:
                 status = ServiceUnavailable.status  # ended without stop/length: aborted by the drain
         except APIError as exc:
@@ -144,15 +152,6 @@ class Generation:
         finally:
             self._tracker.finish(status, self.num_prompt_tokens)
             self._lifecycle.finished(self._lifecycle_key)
-
-
-async def _tagged(steps: AsyncIterator[EngineStep]) -> AsyncIterator[Tagged]:
-    """One prompt's steps; closing this closes the engine's iterator at once (which aborts the request)."""
-    try:
-        async for step in steps:
-            yield 0, step
-    finally:
-        await steps.aclose()
 
 
 async def _merged(parts: list[AsyncIterator[EngineStep]]) -> AsyncIterator[Tagged]:

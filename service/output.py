@@ -108,7 +108,8 @@ class ChunkEncoder:
         self.include_usage = include_usage
 
     def choices(self, encoded_choices: list[str]) -> bytes:
-        return self._prefix + ",".join(encoded_choices).encode() + self._suffix
+        joined = encoded_choices[0] if len(encoded_choices) == 1 else ",".join(encoded_choices)
+        return self._prefix + joined.encode() + self._suffix
 
     def usage(self, result: GenerationResult) -> bytes:
         return self._usage_prefix + _dumps(result.usage()).encode() + b"}\n\n"
