@@ -8,6 +8,7 @@ checked in OpenAI's envelope. The real-engine tests elsewhere stay the proof of 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -209,5 +210,11 @@ def test_every_api_error_subclass_is_reached_here():
     assert subclasses - covered == {errors.Unauthorized}  # covered by the 401 tests
 
 
-def test_fast_tests_import_no_vllm():
-    assert not [name for name in sys.modules if name == "vllm" or name.startswith("vllm.")]
+def test_the_service_and_these_tests_import_no_vllm():
+    # In a fresh interpreter: other test modules of the session import vLLM themselves.
+    code = (
+        "import sys, service.app, service.routes, tests.service.fake_engine, tests.service.test_edges; "
+        "print(sorted(m for m in sys.modules if m == 'vllm' or m.startswith('vllm.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
