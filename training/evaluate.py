@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from service.launcher import REPO, service_process
 from training.data import AlpacaRecord, load_records
 
+REPO = Path(__file__).resolve().parent.parent
 SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
 
 
@@ -51,6 +51,9 @@ class EvaluationServer:
     def __init__(self, service_args: list[str], log_path: Path, ready_timeout: float = 600.0) -> None:
         if not SERVE_PYTHON.exists():
             raise FileNotFoundError(f"{SERVE_PYTHON} is missing; run `make .venv-serve/.installed` first")
+        # The repo's top-level launcher; imported here because it exists only beside a serving env (a checkout).
+        from launcher import service_process
+
         # VIRTUAL_ENV would name the training env while the serving env's Python runs.
         self.server = service_process(
             service_args, log_path, python=SERVE_PYTHON, env={"VIRTUAL_ENV": None}, ready_timeout=ready_timeout

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.launcher import ServerProcess, free_port, service_process
+from launcher import ServerProcess, free_port, service_process
 from tests.deploy import promql
 from tests.deploy.tools import ALERT_RULES, DEPLOY, ROOT, SERVE_PYTHON, tool
 
