@@ -75,6 +75,12 @@ class EngineFailure(APIError):
     type = "internal_error"
 
 
+def reported_failure(exc: EngineFailure, request_id: str) -> EngineFailure:
+    """Log an engine failure once, with its traceback, and name the request id in what the client sees."""
+    logger.error("request %s failed", request_id, exc_info=exc)
+    return EngineFailure(f"{exc.message} (request id {request_id})")
+
+
 def internal_error(request_id: str) -> EngineFailure:
     """What a client sees of a bug of ours: a 500 naming the request id that the logged traceback carries."""
     return EngineFailure(f"The server had an error while processing your request (request id {request_id}).")
@@ -94,9 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def handle_api_error(request: Request, exc: APIError) -> JSONResponse:
         if isinstance(exc, EngineFailure):
-            request_id = request_id_of(request.scope)
-            logger.error("request %s failed", request_id, exc_info=exc)
-            return EngineFailure(f"{exc.message} (request id {request_id})").response()
+            return reported_failure(exc, request_id_of(request.scope)).response()
         return exc.response()
 
     @app.exception_handler(RequestValidationError)

@@ -27,7 +27,14 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.engine_types import ChoiceDelta, TokenLogprob
-from service.errors import APIError, EngineFailure, ServiceUnavailable, internal_error, request_id_of
+from service.errors import (
+    APIError,
+    EngineFailure,
+    ServiceUnavailable,
+    internal_error,
+    reported_failure,
+    request_id_of,
+)
 from service.generation import Generation, GenerationResult
 
 logger = logging.getLogger(__name__)
@@ -135,8 +142,7 @@ async def sse_events(
         if generation.result().aborted:
             yield error_event(ServiceUnavailable(ABORTED))
     except EngineFailure as exc:
-        logger.error("request %s failed mid-stream", request_id, exc_info=exc)
-        yield error_event(EngineFailure(f"{exc.message} (request id {request_id})"))
+        yield error_event(reported_failure(exc, request_id))
     except APIError as exc:
         yield error_event(exc)
     except Exception as exc:
