@@ -98,7 +98,7 @@ def server_process(name: str, workload: Workload, log: Path) -> ServerProcess:
     """Ours (ready on /ready) or vLLM's own OpenAI server (ready on /health), not started yet."""
     args = ["--model", workload.model, *workload.engine_flags]
     if name == "tsumugi":
-        return service_process(args, log, env=SERVER_ENV)
+        return service_process([*args, "--no-auth"], log, env=SERVER_ENV)
     port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args, "--host", HOST, "--port", str(port)]
     return ServerProcess(argv, log, port=port, ready_path="/health", env=SERVER_ENV, name="vllm")

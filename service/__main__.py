@@ -18,39 +18,14 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.config import Settings
+from service.config import Settings, cli_flags
 
 
 def parse_args(argv: list[str]) -> dict:
     """Flags given on the command line only; pydantic-settings fills the rest from the environment."""
-    p = argparse.ArgumentParser(prog="python -m service", argument_default=argparse.SUPPRESS)
-    p.add_argument("--model", help="model directory or hub id (default: the converted SmolLM2)")
-    p.add_argument("--served-model-name")
-    p.add_argument("--tokenizer")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--quantization")
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--lora-modules", nargs="+", metavar="NAME=PATH")
-    p.add_argument("--max-loras", type=int)
-    p.add_argument("--max-lora-rank", type=int)
-    p.add_argument("--gpu-memory-utilization", type=float)
-    p.add_argument(
-        "--kv-cache-memory-bytes",
-        metavar="SIZE",
-        help="KV-cache size (4GiB, 512MiB, bytes); default on CPU: derived from the model, at most 4 GiB",
-    )
-    p.add_argument("--max-num-seqs", type=int)
-    p.add_argument("--max-num-batched-tokens", type=int)
-    p.add_argument("--max-num-queued-requests", type=int, help="engine queue cap; beyond it requests get 503")
-    p.add_argument("--tensor-parallel-size", type=int)
-    p.add_argument("--enforce-eager", action="store_true")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--api-key", dest="api_keys", action="append", help="repeatable")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--drain-timeout", type=float, help="seconds running requests get after SIGTERM")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    return vars(p.parse_args(argv))
+    parser = argparse.ArgumentParser(prog="python -m service", argument_default=argparse.SUPPRESS)
+    cli_flags(parser)
+    return vars(parser.parse_args(argv))
 
 
 class DrainingServer(uvicorn.Server):
@@ -86,11 +61,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**parse_args(sys.argv[1:] if argv is None else argv))
     except ValidationError as exc:
-        print(f"invalid configuration:\n{exc}", file=sys.stderr)  # noqa: T201
+        # One line per problem and never the input: it may hold API keys.
+        for error in exc.errors(include_input=False):
+            where = ".".join(str(part) for part in error["loc"]) or "configuration"
+            message = error["msg"].removeprefix("Value error, ")
+            print(f"invalid configuration: {where}: {message}", file=sys.stderr)  # noqa: T201
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server: DrainingServer | None = None
-    app = create_app(settings, on_load_error=lambda exc: server.fail(exc) if server else None)
+    try:
+        app = create_app(settings, on_fatal=lambda exc: server.fail(exc) if server else None)
+    except ValueError as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
+    mode = (
+        "without authentication (--no-auth)"
+        if settings.no_auth
+        else f"{len(app.state.context.keyring.tenants)} API keys"
+    )
+    logging.getLogger("service").info("serving %s with %s", settings.model_name, mode)
     config = uvicorn.Config(
         app,
         host=settings.host,

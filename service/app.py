@@ -3,13 +3,17 @@
 One chat request, top to bottom (a completions request takes the same path through its own route):
 
 1. `middleware.py`  `RequestMiddleware` gives the request an id, later counts it by final status.
-2. `routes/__init__.py`  the `/v1` router runs `auth.require_api_key` first: 401 beats every other answer.
+   It also authenticates `/v1` requests (`tenants.py`; 401 beats every other answer) and bounds the body (413).
+2. `routes/__init__.py`  the `/v1` router; its OpenAPI document lists every status and the bearer scheme.
 3. `protocol.py`  FastAPI validates the body into `ChatCompletionRequest` (errors → 400 via `errors.py`).
-4. `deps.py`  `ModelDep` admits the request (503 while loading or draining) and hands over the `LoadedModel`.
+4. `deps.py`  `ModelDep` turns the request away while loading, draining or dead (503) and hands over the
+   `LoadedModel`; `CallDep` brings the access-log record (who is calling) and the deadline.
 5. `routes/chat.py`  the handler, one call per step below:
    `registry.py` resolves `model` to the base model or an adapter → `prompts.py` renders the chat template to
-   token ids → `sampling.py` derives `GenerationParams` → `generation.py` `Generation.start` registers the
-   request (metrics, drain) and sends it to `engine.py` (the only vLLM importer), awaiting the first step →
+   token ids (long prompts in a worker thread) → `sampling.py` derives `GenerationParams` → `generation.py`
+   `Generation.start` asks `admission.py` for a place (429 with Retry-After past the server's or the key's
+   limits), registers the request (metrics, drain, deadline) and sends it to `engine.py` (the only vLLM
+   importer), awaiting the first step →
 6. `output.py`  `respond` turns the engine steps into SSE bytes or one JSON body, usage included.
 
 Errors are typed (`errors.py`) and become OpenAI's envelope at the edge; engine-neutral data types live in
@@ -32,12 +36,15 @@ from service.config import Settings
 from service.context import AppContext, LoadedModel
 from service.errors import install_error_handlers
 from service.middleware import RequestMiddleware
+from service.prompts import longest_token
 from service.registry import ModelRegistry
-from service.routes import api_router, health
+from service.routes import api_router, health, openapi_document
+from service.tenants import KeyRing
 
 logger = logging.getLogger(__name__)
 ModelLoader = Callable[[Settings], LoadedModel]
 STATS_INTERVAL_S = 10.0
+WATCH_INTERVAL_S = 0.5
 
 
 def load_model(settings: Settings) -> LoadedModel:
@@ -49,27 +56,29 @@ def load_model(settings: Settings) -> LoadedModel:
     registry = ModelRegistry.from_modules(settings.model_name, settings.model, settings.lora_modules)
     tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model)
     engine = Engine.start(settings, registry.adapter_paths())
-    return LoadedModel(engine, registry, tokenizer, vocab_size=len(tokenizer))
+    return LoadedModel(engine, registry, tokenizer, len(tokenizer), longest_token(tokenizer))
 
 
 def create_app(
     settings: Settings,
     load: ModelLoader = load_model,
-    on_load_error: Callable[[BaseException], None] | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """Build the app; the model loads when the app's lifespan starts.
 
-    `load` is vLLM by default; fast tests pass a scripted engine. `on_load_error` lets the CLI stop the
-    process when the model cannot load (a crash-looping pod is the signal Kubernetes understands); tests
-    leave it unset and read `/health` instead.
+    `load` is vLLM by default; fast tests pass a scripted engine. `on_fatal` lets the CLI stop the process,
+    non-zero, when the model cannot load or the engine dies later (a crash-looping pod, a container restart,
+    is the signal supervisors understand); tests leave it unset and read `/health` instead. Raises
+    `ValueError` for an unusable keys file.
     """
-    context = AppContext(settings)
+    keyring = None if settings.no_auth else KeyRing.load(settings.api_keys, settings.api_keys_file)
+    context = AppContext(settings, keyring)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = asyncio.create_task(asyncio.to_thread(load, settings))
         stats: list[asyncio.Task] = []
-        loader.add_done_callback(lambda task: stats.extend(_on_loaded(context, task, on_load_error)))
+        loader.add_done_callback(lambda task: stats.extend(_on_loaded(context, task, on_fatal)))
         try:
             yield
         finally:
@@ -80,15 +89,21 @@ def create_app(
 
     app = FastAPI(title="tsumugi", version="0.1.0", lifespan=lifespan)
     app.state.context = context
-    app.add_middleware(RequestMiddleware, metrics=context.metrics)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=context.metrics,
+        keyring=keyring,
+        max_body_bytes=settings.max_request_body_bytes,
+    )
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(health.router)
+    app.openapi = lambda: openapi_document(app)
     return app
 
 
 def _on_loaded(
-    context: AppContext, task: asyncio.Task, on_load_error: Callable[[BaseException], None] | None
+    context: AppContext, task: asyncio.Task, on_fatal: Callable[[BaseException], None] | None
 ) -> list[asyncio.Task]:
     """Publish the loaded model (or the load error); returns the background tasks it started."""
     if task.cancelled():
@@ -97,18 +112,33 @@ def _on_loaded(
     if error is not None:
         context.lifecycle.load_error = f"model failed to load: {error}"
         logger.error(context.lifecycle.load_error, exc_info=error)
-        if on_load_error is not None:
-            on_load_error(error)
+        if on_fatal is not None:
+            on_fatal(error)
         return []
     model: LoadedModel = task.result()
-    context.model = model
-    context.lifecycle.loaded = True
+    context.publish(model)
     # Everything loaded so far (torch, transformers, the tokenizer) lives until exit: frozen, the collector
     # stops re-scanning it, so full collections no longer pause streams (vLLM's server does the same).
     gc.collect()
     gc.freeze()
     logger.info("model %s ready (max_model_len=%d)", model.registry.base.name, model.max_model_len)
-    return [asyncio.get_running_loop().create_task(_log_stats(model))]
+    loop = asyncio.get_running_loop()
+    return [loop.create_task(_log_stats(model)), loop.create_task(_watch_engine(context, model, on_fatal))]
+
+
+async def _watch_engine(
+    context: AppContext, model: LoadedModel, on_fatal: Callable[[BaseException], None] | None
+) -> None:
+    """Notice a dead engine process within half a second: unhealthy at once, then exit so it restarts.
+
+    vLLM's client marks itself errored when the engine-core process goes away; the API process would
+    otherwise live on, answering errors, and only a liveness probe (if any) would ever restart it."""
+    while not model.engine.errored:  # noqa: ASYNC110 (set by vLLM's client when another process dies)
+        await asyncio.sleep(WATCH_INTERVAL_S)
+    context.lifecycle.fatal = "the engine process died"
+    logger.error("%s: failing /health and exiting so the supervisor restarts this replica", context.lifecycle.fatal)
+    if on_fatal is not None:
+        on_fatal(RuntimeError(context.lifecycle.fatal))
 
 
 async def _log_stats(model: LoadedModel) -> None:

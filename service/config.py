@@ -8,12 +8,13 @@ engine, never written back here.
 
 from __future__ import annotations
 
+import argparse
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -53,36 +54,54 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Everything the service is configured with; defaults suit a CPU box serving a small model."""
+    """Everything the service is configured with; defaults suit a CPU box serving a small model.
+
+    Each field is a flag (`cli_flags` derives them, so a flag cannot disagree with its field) and a
+    `TSUMUGI_*` variable. `None` limits are derived from the engine once it is up (see `admission.py`)."""
 
     model_config = SettingsConfigDict(env_prefix="TSUMUGI_", frozen=True, extra="ignore")
 
-    model: str = "models/smollm2-135m-instruct"
+    model: str = Field(default="models/smollm2-135m-instruct", description="model directory or hub id")
     served_model_name: str | None = None
     tokenizer: str | None = None
-    # float32 on CPU by default: vLLM 0.32's CPU bf16 path gave wrong greedy text on SmolLM2 where fp32
-    # agrees with Hugging Face transformers.
+    # auto: float32 for plain models on CPU (vLLM 0.32's CPU bf16 path gave wrong greedy text on SmolLM2),
+    # bfloat16 for 4-bit weight-only models on CPU (their kernel has no float32 path), the model's own on GPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: str | None = None
     max_model_len: int | None = Field(default=None, gt=0)
-    lora_modules: Annotated[list[LoRAModule], NoDecode] = []
+    lora_modules: Annotated[list[LoRAModule], NoDecode] = Field(default=[], description="adapters as NAME=PATH")
     max_loras: int = Field(default=1, ge=1)
     max_lora_rank: int = Field(default=16, ge=1)
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # KV-cache size; on CPU, unset means "derived from the model" (see engine.cpu_kv_cache_bytes), because
     # vLLM's CPU worker otherwise reserves gpu_memory_utilization of the machine's memory and refuses to
     # start whenever other programs hold some of it.
-    kv_cache_memory_bytes: Annotated[int | None, BeforeValidator(parse_bytes)] = Field(default=None, gt=0)
-    max_num_seqs: int | None = Field(default=None, gt=0)
+    kv_cache_memory_bytes: Annotated[int | None, BeforeValidator(parse_bytes)] = Field(
+        default=None, gt=0, description="KV-cache size (4GiB, 512MiB, bytes); on CPU default: derived, <= 4 GiB"
+    )
+    max_num_seqs: int | None = Field(default=None, gt=0, description="sequences the engine runs at once")
     max_num_batched_tokens: int | None = Field(default=None, gt=0)
-    max_num_queued_requests: int | None = Field(default=None, gt=0)
+    max_num_queued_requests: int | None = Field(
+        default=None, ge=0, description="sequences admitted beyond the running ones; past it 429 (default: derived)"
+    )
+    max_queued_prompt_tokens: int | None = Field(
+        default=None, gt=0, description="prompt tokens admitted and not yet started; past it 429 (default: derived)"
+    )
+    max_request_body_bytes: Annotated[int, BeforeValidator(parse_bytes)] = Field(
+        default=16 * 1024**2, gt=0, description="larger request bodies get 413 before they are read"
+    )
+    request_timeout: float = Field(
+        default=600.0, gt=0, description="seconds a request may queue and generate; X-Request-Timeout may lower it"
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False
     seed: int = 0
-    api_keys: Annotated[list[str], NoDecode] = []
+    api_keys: Annotated[list[str], NoDecode] = Field(default=[], description="API keys (comma-separated in env)")
+    api_keys_file: Path | None = Field(default=None, description="YAML file of named keys with limits")
+    no_auth: bool = Field(default=False, description="serve without API keys (say so explicitly)")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    drain_timeout: float = Field(default=30.0, ge=0)
+    drain_timeout: float = Field(default=30.0, ge=0, description="seconds running requests get after SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("lora_modules", mode="before")
@@ -98,10 +117,44 @@ class Settings(BaseSettings):
     def _parse_api_keys(cls, value: object) -> object:
         return _split_csv(value)
 
+    @model_validator(mode="after")
+    def _auth_is_explicit(self) -> Settings:
+        """A blank key list (an empty Secret) must not open the API silently: keys, a key file, or --no-auth."""
+        if self.no_auth and (self.api_keys or self.api_keys_file):
+            raise ValueError("--no-auth contradicts the API keys given; choose one")
+        if not self.no_auth and not self.api_keys and self.api_keys_file is None:
+            raise ValueError(
+                "no API keys configured (TSUMUGI_API_KEYS / --api-key / --api-keys-file are empty); "
+                "pass --no-auth to serve without authentication"
+            )
+        return self
+
     @property
     def model_name(self) -> str:
         """The name clients put in `model` to reach the base model."""
         return self.served_model_name or self.model
+
+
+# Flags whose command-line form differs from the field: a repeatable --api-key, several NAME=PATH at once.
+_FLAG_FORMS: dict[str, dict] = {
+    "api_keys": {"flags": ["--api-key"], "action": "append", "help": "an API key (repeatable)"},
+    "lora_modules": {"nargs": "+", "metavar": "NAME=PATH"},
+}
+
+
+def cli_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per `Settings` field (`max_model_len` is `--max-model-len`); values stay strings and
+    pydantic converts and checks them, so the field is the only declaration of a setting."""
+    for name, field in Settings.model_fields.items():
+        form = dict(_FLAG_FORMS.get(name, {}))
+        flags = form.pop("flags", ["--" + name.replace("_", "-")])
+        if field.annotation is bool:
+            form.setdefault("action", "store_true")
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        if choices:
+            form["choices"] = list(choices)
+        form.setdefault("help", field.description)
+        parser.add_argument(*flags, dest=name, **form)
 
 
 @lru_cache

@@ -12,11 +12,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from service.admission import Admission, AdmissionLimits
 from service.config import Settings
 from service.engine_types import EngineClient
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry
+from service.tenants import KeyRing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -32,10 +34,17 @@ class LoadedModel:
     registry: ModelRegistry
     tokenizer: PreTrainedTokenizerBase
     vocab_size: int
+    max_token_chars: int = 64  # the longest vocabulary entry, in characters (see `max_prompt_chars`)
 
     @property
     def max_model_len(self) -> int:
         return self.engine.info.max_model_len
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """More characters than this cannot fit the context window whatever they say (no token is longer
+        than `max_token_chars`), so longer prompts are refused before the tokenizer spends time on them."""
+        return self.max_model_len * self.max_token_chars
 
 
 @dataclass(slots=True)
@@ -43,9 +52,35 @@ class AppContext:
     """Settings, metrics and lifecycle from the start; `model` once loaded (set once, by the lifespan)."""
 
     settings: Settings
+    keyring: KeyRing | None = None  # None: --no-auth
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     model: LoadedModel | None = None
+    admission: Admission | None = None  # sized from the engine once it is up
+
+    def publish(self, model: LoadedModel) -> None:
+        """The model is up: size admission control from the engine and start admitting."""
+        info, s = model.engine.info, self.settings
+        limits = AdmissionLimits.derive(
+            info.max_num_seqs,
+            info.max_num_batched_tokens,
+            info.max_model_len,
+            s.max_num_queued_requests,
+            s.max_queued_prompt_tokens,
+        )
+        self.admission = Admission(limits, self.metrics)
+        self.model = model
+        self.lifecycle.loaded = True
+        logger.info(
+            "admission: at most %d sequences (running + queued), %d queued prompt tokens",
+            limits.max_sequences,
+            limits.max_queued_prompt_tokens,
+        )
+
+    def require_admission(self) -> Admission:
+        if self.admission is None:
+            raise RuntimeError("admission control is set up when the model is published")
+        return self.admission
 
     async def drain(self) -> None:
         """Stop admitting, let running requests finish for the drain timeout, abort the rest (idempotent)."""

@@ -1,20 +1,25 @@
-"""Dependencies the routes declare, as `Annotated` aliases: `ContextDep`, `ModelDep`.
+"""Dependencies the routes declare, as `Annotated` aliases: `ContextDep`, `ModelDep`, `CallDep`.
 
 The lifespan puts one `AppContext` on `app.state.context`; these read it back typed. They are `async def`
 although they never await: FastAPI runs a plain `def` dependency in its thread pool, a round trip per
-dependency per request that showed in the API process's profile. `ModelDep` is where a
-request is admitted: 503 in the envelope while the model loads or the service drains. Authentication is a
-router-level dependency (`routes/__init__.py`), so FastAPI runs it before these: 401 beats 503.
+dependency per request that showed in the API process's profile. `ModelDep` is where a request is first
+turned away: 503 in the envelope while the model loads, the service drains or the engine has died.
+Authentication happens before all of them, in `middleware.py`: 401 beats every other answer.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.context import AppContext, LoadedModel
-from service.errors import ServiceUnavailable
+from service.errors import InvalidRequest, ServiceUnavailable
+from service.middleware import RequestRecord, record_of
+
+TIMEOUT_HEADER = "x-request-timeout"
 
 
 async def get_context(request: Request) -> AppContext:
@@ -29,5 +34,31 @@ async def get_model(context: Annotated[AppContext, Depends(get_context)]) -> Loa
     return context.model
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """This call as the generation sees it: its access-log record (who, which model) and its time limit."""
+
+    record: RequestRecord
+    timeout: float
+
+
+async def get_call(request: Request, context: Annotated[AppContext, Depends(get_context)]) -> Call:
+    """The record the middleware started, and the deadline: the server's `--request-timeout`, lowered by an
+    `X-Request-Timeout: <seconds>` header (a client or gateway that gives up earlier should not leave work
+    running)."""
+    timeout = context.settings.request_timeout
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is not None:
+        try:
+            requested = float(header)
+        except ValueError:
+            requested = math.nan
+        if not (requested > 0 and math.isfinite(requested)):
+            raise InvalidRequest("X-Request-Timeout: must be a positive number of seconds", param="X-Request-Timeout")
+        timeout = min(timeout, requested)
+    return Call(record_of(request.scope), timeout)
+
+
 ContextDep = Annotated[AppContext, Depends(get_context)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
+CallDep = Annotated[Call, Depends(get_call)]

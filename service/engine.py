@@ -25,13 +25,14 @@ from typing import Any
 
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.exceptions import GracefulHTTPError, VLLMClientError
+from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from service.config import Settings
 from service.engine_types import (
@@ -43,7 +44,7 @@ from service.engine_types import (
     GenerationParams,
     TokenLogprob,
 )
-from service.errors import EngineFailure, InvalidRequest, Overloaded
+from service.errors import EngineFailure, InvalidRequest, Overloaded, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 # GenerationParams fields passed to SamplingParams under the same name; the rest are mapped below.
@@ -56,11 +57,43 @@ CPU_KV_CACHE_CAP = 4 * GiB
 CPU_KV_CACHE_SEQUENCES = 16
 
 
-def resolve_dtype(settings: Settings) -> str:
-    # vLLM 0.32 CPU in bf16 gave wrong greedy text on SmolLM2-135M where fp32 matches transformers.
-    if settings.dtype == "auto" and current_platform.is_cpu():
-        return "float32"
+def resolve_dtype(settings: Settings, on_cpu: bool) -> str:
+    """The activation dtype to run: `--dtype auto` picks one the model's kernels support on this device.
+
+    On CPU, plain models run in float32 (vLLM 0.32's CPU bf16 path gave wrong greedy text on SmolLM2-135M
+    where fp32 matches transformers) and 4-bit weight-only models (AWQ, GPTQ, compressed-tensors W4A16, what
+    `training quantize` writes) in bfloat16, the only activation dtype of vLLM's CPU W4A16 kernel: float32
+    crashes the engine at start-up (`"cpu_gemm_wna16" not implemented for 'Float'`). On GPU, auto is the
+    model's own dtype. An explicit dtype those kernels cannot run is refused here, naming the flag."""
+    w4a16 = on_cpu and is_weight_only_4bit(Path(settings.model))
+    if settings.dtype == "auto":
+        if w4a16:
+            return "bfloat16"
+        return "float32" if on_cpu else "auto"
+    if w4a16 and settings.dtype != "bfloat16":
+        raise ValueError(
+            f"--dtype {settings.dtype}: this model has 4-bit weight-only quantization, whose CPU kernel runs "
+            "only in bfloat16; use --dtype auto or bfloat16"
+        )
     return settings.dtype
+
+
+def is_weight_only_4bit(model_dir: Path) -> bool:
+    """Whether the model directory's config declares 4-bit weights with unquantized activations."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # a hub id, or no readable config: vLLM reports what is wrong
+    quantization = config.get("quantization_config") or {}
+    method = quantization.get("quant_method")
+    if method in ("awq", "gptq"):
+        return quantization.get("bits", quantization.get("w_bit", 4)) == 4
+    if method == "compressed-tensors":
+        groups = (quantization.get("config_groups") or {}).values()
+        return any(
+            (group.get("weights") or {}).get("num_bits") == 4 and not group.get("input_activations") for group in groups
+        )
+    return False
 
 
 def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
@@ -114,14 +147,13 @@ def _engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) 
         model=settings.model,
         served_model_name=settings.model_name,
         tokenizer=settings.tokenizer,
-        dtype=resolve_dtype(settings),
+        dtype=resolve_dtype(settings, current_platform.is_cpu()),
         quantization=settings.quantization,
         max_model_len=settings.max_model_len,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
-        max_num_queued_reqs=settings.max_num_queued_requests,
         tensor_parallel_size=settings.tensor_parallel_size,
         enforce_eager=settings.enforce_eager,
         seed=settings.seed,
@@ -155,8 +187,11 @@ class Engine:
         # The API-server usage context picks vLLM's serving defaults (batch sizes, max_num_seqs), as `vllm serve`.
         llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
         model_config = llm.model_config
+        scheduler = llm.vllm_config.scheduler_config
         info = EngineInfo(
             max_model_len=model_config.max_model_len,
+            max_num_seqs=scheduler.max_num_seqs,
+            max_num_batched_tokens=scheduler.max_num_batched_tokens,
             default_sampling=model_config.get_diff_sampling_param(),
             null_adapter=null_adapter,
         )
@@ -185,7 +220,9 @@ class Engine:
                 structured_outputs=structured,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except ValueError as exc:
+        except VLLMValidationError as exc:  # our own checks (protocol.py, sampling.py) should come first
+            raise InvalidRequest(exc.args[0] if exc.args else str(exc), param=exc.parameter) from exc
+        except (VLLMClientError, ValueError) as exc:
             raise InvalidRequest(str(exc)) from exc
 
     async def generate(
@@ -202,6 +239,8 @@ class Engine:
         reaches the edge as a 500 with a request id, never blamed on the client."""
         sampling = self.sampling_params(params)
         want_logprobs = params.logprobs is not None
+        structured = params.json_schema is not None or params.json_object
+        num_tokens = 0
         stream = self._llm.generate(
             TokensPrompt(prompt_token_ids=prompt_token_ids),
             sampling,
@@ -219,11 +258,16 @@ class Engine:
                     raise InvalidRequest(str(exc)) from exc
                 except GracefulHTTPError as exc:
                     raise Overloaded(exc.message) from exc
+                except EngineDeadError as exc:
+                    raise ServiceUnavailable("The engine process died; this replica is restarting.") from exc
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     raise EngineFailure(f"engine error: {type(exc).__name__}: {exc}") from exc
+                if any(choice.finish_reason == "error" for choice in output.outputs):
+                    raise _request_error(structured, num_tokens)
                 deltas = [_delta(choice, want_logprobs) for choice in output.outputs]
+                num_tokens += sum(len(choice.token_ids) for choice in output.outputs)
                 yield EngineStep(deltas, len(output.prompt_token_ids or ()), output.finished)
         finally:
             await stream.aclose()
@@ -245,6 +289,20 @@ class Engine:
         self._llm.shutdown()
         if self._tempdir is not None:
             self._tempdir.cleanup()
+
+
+def _request_error(structured: bool, num_tokens: int) -> InvalidRequest | EngineFailure:
+    """What a request that the engine finished with "error" (not an OpenAI finish reason) amounts to.
+
+    vLLM compiles a structured-output grammar in the engine process, after accepting the request; a schema
+    its backend cannot compile (a `pattern` too large, say) ends the request that way before any token."""
+    if structured and num_tokens == 0:
+        return InvalidRequest(
+            "response_format: the structured-output backend could not compile this schema "
+            "(see the server log for its message); simplify the schema, for example its patterns.",
+            param="response_format",
+        )
+    return EngineFailure("the engine ended the request with an error")
 
 
 def _delta(choice: Any, want_logprobs: bool) -> ChoiceDelta:

@@ -80,6 +80,8 @@ class EngineInfo:
     """Facts derived at start-up, returned rather than written back into the settings."""
 
     max_model_len: int
+    max_num_seqs: int = 128  # sequences the scheduler runs at once (admission sizes its limits from these)
+    max_num_batched_tokens: int = 2048
     default_sampling: dict[str, Any] = field(default_factory=dict)
     null_adapter: AdapterHandle | None = None
 
@@ -100,7 +102,9 @@ class EngineClient(Protocol):
     async def check_health(self) -> None: ...
 
     @property
-    def errored(self) -> bool: ...
+    def errored(self) -> bool:
+        """True once the engine has died (its process is gone); nothing it serves will finish."""
+        ...
 
     async def log_stats(self) -> None: ...
 

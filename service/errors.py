@@ -25,6 +25,7 @@ class APIError(Exception):
 
     status: int = HTTPStatus.BAD_REQUEST
     type: str = "invalid_request_error"
+    retry_after: int | None = None  # seconds, sent as `Retry-After` (the openai SDK honours it)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -36,7 +37,11 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == HTTPStatus.UNAUTHORIZED else None
+        headers = {}
+        if self.status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return JSONResponse(self.envelope(), status_code=self.status, headers=headers)
 
 
@@ -56,16 +61,61 @@ class Unauthorized(APIError):
     type = "authentication_error"
 
 
+class PermissionDenied(APIError):
+    """The key is valid but may not use this model or adapter."""
+
+    status = HTTPStatus.FORBIDDEN
+    type = "permission_error"
+
+
+class PayloadTooLarge(APIError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The request body is larger than this server accepts ({limit} bytes).", code="request_too_large"
+        )
+
+
+class RateLimited(APIError):
+    """Admission refused for now (the server's or the key's limits): retry after `retry_after` seconds."""
+
+    status = HTTPStatus.TOO_MANY_REQUESTS
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int, code: str) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, retry_after)
+
+
+class DeadlineExceeded(APIError):
+    """The request's deadline passed while it queued or generated; the engine request was aborted."""
+
+    status = HTTPStatus.GATEWAY_TIMEOUT
+    type = "timeout_error"
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"The request did not finish within its deadline ({timeout:g} s).", code="timeout")
+
+
+class ClientClosed(APIError):
+    """The client went away before the response was complete (nginx's 499); nobody reads this answer."""
+
+    status = 499
+    type = "client_closed"
+
+
 class ServiceUnavailable(APIError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
     type = "service_unavailable"
 
 
 class Overloaded(APIError):
-    """The engine's queue cap (`--max-num-queued-requests`) is reached: retry here later or elsewhere."""
+    """The engine refused the request for capacity (its own admission): retry here later or elsewhere."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     type = "overloaded_error"
+    retry_after = 1
 
 
 class EngineFailure(APIError):
@@ -88,6 +138,12 @@ def internal_error(request_id: str) -> EngineFailure:
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        position = first.get("loc", ("body", "?"))[-1]
+        detail = first.get("ctx", {}).get("error", "JSON decode error")
+        return f"The request body is not valid JSON: {detail} (at character {position}).", None
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type"):
+        return "The request body must be a JSON object (sent as Content-Type: application/json).", None
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
     message = first.get("msg", "Invalid request body.")
@@ -110,7 +166,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def handle_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = APIError(str(exc.detail))
+        # Starlette's own (404 for an unknown path, 405) and the body limit's 413 raised while reading.
+        error = APIError(str(exc.detail), code="request_too_large" if exc.status_code == 413 else None)
         error.status = exc.status_code
         error.type = "not_found_error" if exc.status_code == HTTPStatus.NOT_FOUND else "invalid_request_error"
         return error.response()

@@ -1,27 +1,36 @@
 """One request's prompts in the engine: admitted, tracked, and summed up as a `GenerationResult` value.
 
-`Generation.start` registers the request with the lifecycle (so a drain can abort it) and the metrics, sends
-every prompt to the engine and awaits the first step. Everything that can refuse a request (draining, the
-engine's queue cap, the engine's own validation of a schema or a prompt) therefore raises before any
-response byte, as a proper HTTP status; the client sees its first token at the same moment either way.
+`Generation.start` asks admission control for a place (429/403/400 before anything runs), registers the
+request with the lifecycle (so a drain can abort it) and the metrics, arms its deadline, sends every prompt
+to the engine and awaits the first step. Everything that can refuse a request (draining, admission, the
+engine's own validation of a schema or a prompt, a deadline passed while queued) therefore raises before
+any response byte, as a proper HTTP status; the client sees its first token at the same moment either way.
 `steps()` then yields `(prompt_index, EngineStep)` pairs; however it ends (finished, client gone, engine
-error, aborted by the drain) the metrics and the drain bookkeeping are settled once, in its `finally`.
+error, aborted by the drain or the deadline) the place, the metrics and the drain bookkeeping are settled
+once, in its `finally`.
+
+The deadline is a timer, not a timeout around each step: when it fires it aborts the engine requests, whose
+streams then end unfinished, and `interruption()` says why. Nothing is added per token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from service.admission import Ticket
 from service.context import AppContext
+from service.deps import Call
 from service.engine_types import EngineClient, EngineStep, GenerationParams
-from service.errors import APIError, ServiceUnavailable
+from service.errors import APIError, DeadlineExceeded, ServiceUnavailable
 from service.lifecycle import Lifecycle
 from service.metrics import RequestTracker
-from service.middleware import STATUS_CLIENT_CLOSED
+from service.middleware import STATUS_CLIENT_CLOSED, RequestRecord
 from service.registry import ServedModel
+
+ABORTED = "The server shut down before this response finished."
 
 Tagged = tuple[int, EngineStep]
 
@@ -49,6 +58,8 @@ class Generation:
         self,
         lifecycle: Lifecycle,
         tracker: RequestTracker,
+        ticket: Ticket,
+        record: RequestRecord,
         stream: AsyncIterator[EngineStep] | AsyncIterator[Tagged],
         lifecycle_key: str,
         num_prompts: int,
@@ -57,6 +68,12 @@ class Generation:
     ) -> None:
         self._lifecycle = lifecycle
         self._tracker = tracker
+        self._ticket = ticket
+        self._record = record
+        self._deadline: asyncio.TimerHandle | None = None
+        self._abort: asyncio.Task | None = None
+        self._timeout = 0.0
+        self.expired = False
         self._stream = stream
         self._single = num_prompts == 1  # then `stream` is the engine's own iterator: one layer less per token
         self._num_choices = num_choices
@@ -75,9 +92,13 @@ class Generation:
         endpoint: str,
         prompts: list[list[int]],
         params: list[GenerationParams],
+        call: Call,
     ) -> Generation:
         """Admit the request, hand its prompts to the engine and wait for the first step."""
         context.lifecycle.admit()
+        num_choices, num_prompt_tokens = sum(p.n for p in params), sum(map(len, prompts))
+        record, timeout = call.record, call.timeout
+        ticket = context.require_admission().admit(record.tenant, served.name, num_choices, num_prompt_tokens)
         key = uuid.uuid4().hex  # engine ids must be unique even when clients reuse their X-Request-Id
         engine_ids = [f"{key}-{i}" for i in range(len(prompts))]
         parts = [
@@ -86,11 +107,16 @@ class Generation:
         ]
         stream = parts[0] if len(parts) == 1 else _merged(parts)
         tracker = context.metrics.track(served.name, endpoint)
-        num_choices, num_prompt_tokens = sum(p.n for p in params), sum(map(len, prompts))
-        generation = cls(context.lifecycle, tracker, stream, key, len(prompts), num_choices, num_prompt_tokens)
+        generation = cls(
+            context.lifecycle, tracker, ticket, record, stream, key, len(prompts), num_choices, num_prompt_tokens
+        )
         context.lifecycle.started(key, engine_ids)
+        generation._arm_deadline(timeout, lambda: engine.abort(engine_ids))
         try:
             first = await anext(stream, None)
+            ticket.started()
+            if generation.expired:
+                raise DeadlineExceeded(timeout)
             generation._first = (0, first) if len(parts) == 1 and first is not None else first
         except APIError as exc:
             await generation._settle(exc.status)
@@ -113,7 +139,7 @@ class Generation:
                     async for item in self._stream:
                         yield self._count(item)
             if self._num_finished < self._num_choices:
-                status = ServiceUnavailable.status  # ended without stop/length: aborted by the drain
+                status = self.interruption().status  # ended without stop/length: aborted
         except APIError as exc:
             status = exc.status
             raise
@@ -134,6 +160,20 @@ class Generation:
             aborted=self._num_finished < self._num_choices,
         )
 
+    def interruption(self) -> APIError | None:
+        """Why the steps ended with choices unfinished (the deadline, or the drain), or None."""
+        if self._num_finished >= self._num_choices:
+            return None
+        return DeadlineExceeded(self._timeout) if self.expired else ServiceUnavailable(ABORTED)
+
+    def _arm_deadline(self, timeout: float, abort: Callable[[], Awaitable[None]]) -> None:
+        def expire() -> None:
+            self.expired = True
+            self._abort = asyncio.get_running_loop().create_task(abort())  # held: the loop keeps weak refs
+
+        self._timeout = timeout
+        self._deadline = asyncio.get_running_loop().call_later(timeout, expire)
+
     def _count(self, item: Tagged) -> Tagged:
         num_tokens = 0
         for delta in item[1].deltas:  # a plain loop: this runs once per token of every stream
@@ -147,11 +187,18 @@ class Generation:
         if self._settled:
             return
         self._settled = True
+        if self._deadline is not None:
+            self._deadline.cancel()
         try:
             await self._stream.aclose()
         finally:
-            self._tracker.finish(status, self.num_prompt_tokens)
+            tracker = self._tracker
+            tracker.finish(status, self.num_prompt_tokens)
+            self._ticket.release(tracker.num_output_tokens)
             self._lifecycle.finished(self._lifecycle_key)
+            record = self._record
+            record.num_prompt_tokens, record.num_completion_tokens = self.num_prompt_tokens, tracker.num_output_tokens
+            record.ttft_s = tracker.ttft_s
 
 
 async def _merged(parts: list[AsyncIterator[EngineStep]]) -> AsyncIterator[Tagged]:

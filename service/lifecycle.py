@@ -24,16 +24,19 @@ class Lifecycle:
         self.loaded = False
         self.draining = False
         self.load_error: str | None = None
+        self.fatal: str | None = None  # the engine died: unhealthy until the process exits and restarts
         self._active: dict[str, list[str]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.draining
+        return self.loaded and not self.draining and self.fatal is None
 
     def admit(self) -> None:
         """Refuse new work unless the model is loaded and the service is not shutting down."""
+        if self.fatal is not None:
+            raise ServiceUnavailable(f"{self.fatal}; this replica is restarting, retry on another.")
         if self.draining:
             raise ServiceUnavailable("The server is shutting down; retry on another replica.")
         if not self.loaded:
@@ -52,18 +55,25 @@ class Lifecycle:
     def num_active(self) -> int:
         return len(self._active)
 
+    def engine_ids(self) -> list[str]:
+        return [engine_id for ids in self._active.values() for engine_id in ids]
+
     async def drain(self, drain_timeout: float, abort: Callable[[list[str]], Awaitable[None]]) -> None:
         """Stop admitting, wait up to `drain_timeout` for running requests, then abort the rest."""
         self.draining = True
+        if self.fatal is not None:
+            drain_timeout = 0.0  # nothing can finish on a dead engine: end the streams now
         logger.info("draining %d running requests (timeout %.0f s)", len(self._active), drain_timeout)
         try:
             await asyncio.wait_for(self._idle.wait(), drain_timeout)
             return
         except TimeoutError:
             pass
-        remaining = [engine_id for ids in self._active.values() for engine_id in ids]
         logger.warning("drain timeout: aborting %d requests", len(self._active))
-        await abort(remaining)
+        try:
+            await abort(self.engine_ids())
+        except Exception as exc:  # a dead engine cannot abort; its requests end with their own errors
+            logger.warning("abort during drain failed: %s", exc)
         # Aborted streams still write their final error event; give them a moment to flush.
         try:
             await asyncio.wait_for(self._idle.wait(), 5.0)

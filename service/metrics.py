@@ -57,11 +57,38 @@ class ServiceMetrics:
             "tsumugi_completion_tokens", "Completion tokens generated.", ["model"], registry=r
         )
 
+        self.key_requests = Counter(
+            "tsumugi_key_requests", "Generation requests by API key name and status.", ["key", "status"], registry=r
+        )
+        self.key_tokens = Counter(
+            "tsumugi_key_tokens", "Tokens by API key name and kind (prompt, completion).", ["key", "kind"], registry=r
+        )
+        self.rejected = Counter(
+            "tsumugi_rejected_requests",
+            "Requests refused by admission control (429), by reason and API key name.",
+            ["reason", "key"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "tsumugi_queue_depth", "Admitted requests waiting for their first engine step.", registry=r
+        )
+        self.queue_wait = Histogram(
+            "tsumugi_queue_wait_seconds",
+            "Time from admission to the first engine step (queueing plus prefill).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
     def track(self, model: str, endpoint: str) -> RequestTracker:
         return RequestTracker(self, model, endpoint)
 
-    def count(self, model: str, endpoint: str, status: int) -> None:
+    def count(self, model: str, endpoint: str, status: int, key: str) -> None:
         self.requests.labels(model, endpoint, str(status)).inc()
+        self.key_requests.labels(key, str(status)).inc()
+
+    def count_tokens(self, key: str, num_prompt_tokens: int, num_completion_tokens: int) -> None:
+        self.key_tokens.labels(key, "prompt").inc(num_prompt_tokens)
+        self.key_tokens.labels(key, "completion").inc(num_completion_tokens)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
@@ -70,7 +97,7 @@ class ServiceMetrics:
 class RequestTracker:
     """Times one request from admission to its last token."""
 
-    __slots__ = ("_itl", "_last", "_metrics", "_start", "endpoint", "model", "num_output_tokens")
+    __slots__ = ("_itl", "_last", "_metrics", "_start", "endpoint", "model", "num_output_tokens", "ttft_s")
 
     def __init__(self, metrics: ServiceMetrics, model: str, endpoint: str) -> None:
         self._metrics = metrics
@@ -80,6 +107,7 @@ class RequestTracker:
         self._start = time.perf_counter()
         self._last: float | None = None
         self.num_output_tokens = 0
+        self.ttft_s: float | None = None
         metrics.in_flight.labels(model).inc()
 
     def on_tokens(self, num_tokens: int) -> None:
@@ -88,7 +116,8 @@ class RequestTracker:
             return
         now = time.perf_counter()
         if self._last is None:
-            self._metrics.ttft.labels(self.model).observe(now - self._start)
+            self.ttft_s = now - self._start
+            self._metrics.ttft.labels(self.model).observe(self.ttft_s)
         else:
             gap = (now - self._last) / num_tokens
             for _ in range(num_tokens):

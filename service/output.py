@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from service.engine_types import ChoiceDelta, TokenLogprob
 from service.errors import (
     APIError,
+    ClientClosed,
     EngineFailure,
-    ServiceUnavailable,
     internal_error,
     reported_failure,
     request_id_of,
@@ -41,7 +41,6 @@ logger = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _encode_text = json.encoder.encode_basestring  # the C encoder for one JSON string, quotes included
-ABORTED = "The server shut down before this response finished."
 
 
 @dataclass(slots=True)
@@ -139,8 +138,9 @@ async def sse_events(
             choices = [stream_choice(index, d) for d in step.deltas if d.text or d.finish_reason or d.logprobs]
             if choices:
                 yield encoder.choices(choices)
-        if generation.result().aborted:
-            yield error_event(ServiceUnavailable(ABORTED))
+        interruption = generation.interruption()
+        if interruption is not None:
+            yield error_event(interruption)
     except EngineFailure as exc:
         yield error_event(reported_failure(exc, request_id))
     except APIError as exc:
@@ -178,9 +178,14 @@ async def collect(request: Request, generation: Generation) -> list[CollectedCho
             consumer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await consumer
+    if consumer.cancelled():
+        # The client left: nobody reads an answer. 499 keeps the metrics and the access log honest, and
+        # no traceback is logged for what is an ordinary event under load.
+        raise ClientClosed("The client closed the connection before the response was ready.")
     consumer.result()
-    if generation.result().aborted:
-        raise ServiceUnavailable(ABORTED)
+    interruption = generation.interruption()
+    if interruption is not None:
+        raise interruption
     return [choices[key] for key in sorted(choices)]
 
 

@@ -16,6 +16,33 @@ from service.errors import InvalidRequest
 
 MAX_N = 16
 MAX_STOP_SEQUENCES = 16
+INT64 = (-(2**63), 2**63 - 1)  # seeds travel to the engine process as 64-bit integers
+INT32_MAX = 2**31 - 1
+
+
+def _unencodable_field(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (key or value) that UTF-8 cannot encode, such as a lone surrogate
+    (`"\\ud800"` is valid JSON but no text): the tokenizer, the engine and our own error messages would fail
+    on it later, as a 500, so it is refused here as the client's mistake."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unencodable_field(key, path) or _unencodable_field(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unencodable_field(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
 
 
 class TextPart(BaseModel):
@@ -76,16 +103,35 @@ class SamplingFields(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64[0], le=INT64[1])
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     user: str | None = None
     # vLLM extensions.
     ignore_eos: bool = False
-    min_tokens: int = Field(default=0, ge=0)
-    top_k: int | None = Field(default=None, ge=-1)
+    min_tokens: int = Field(default=0, ge=0, le=INT32_MAX)
+    top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
     min_p: Probability = 0.0
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: Any) -> Any:
+        field = _unencodable_field(data, "")
+        if field:
+            raise InvalidRequest(
+                f"{field}: contains a character that cannot be encoded (a lone surrogate)", param=field
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check_greedy(self) -> SamplingFields:
+        if self.n > 1 and self.temperature == 0:
+            # vLLM refuses n > 1 for greedy decoding; OpenAI returns n copies of one answer. Say so instead.
+            raise InvalidRequest(
+                "n: must be 1 when temperature is 0 (greedy decoding gives the same answer n times)", param="n"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_stop(self) -> SamplingFields:

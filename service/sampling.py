@@ -25,8 +25,14 @@ def generation_params(
     """The engine settings for one prompt of `body` that is `num_prompt_tokens` long."""
     shared = {name: getattr(body, name) for name in _SHARED}
     stop = tuple(body.stop_list())
-    if isinstance(body, ChatCompletionRequest):
-        budget = output_budget(body.max_completion_tokens or body.max_tokens, num_prompt_tokens, max_model_len)
+    is_chat = isinstance(body, ChatCompletionRequest)
+    requested = (body.max_completion_tokens or body.max_tokens) if is_chat else body.max_tokens
+    if requested is not None and body.min_tokens > requested:
+        raise InvalidRequest(f"min_tokens: must not exceed max_tokens ({requested})", param="min_tokens")
+    budget = output_budget(
+        requested, num_prompt_tokens, max_model_len, prompt_param="messages" if is_chat else "prompt"
+    )
+    if is_chat:
         response_format = body.response_format
         kind = response_format.type if response_format else "text"
         schema = None
@@ -40,7 +46,6 @@ def generation_params(
             json_object=kind == "json_object",
             **shared,
         )
-    budget = output_budget(body.max_tokens, num_prompt_tokens, max_model_len, prompt_param="prompt")
     return GenerationParams(max_tokens=budget, stop=stop, logprobs=body.logprobs, **shared)
 
 

@@ -55,8 +55,13 @@ class EvaluationServer:
         from launcher import service_process
 
         # VIRTUAL_ENV would name the training env while the serving env's Python runs.
+        # A private server on a loopback port for the evaluation's own requests: no keys to hand around.
         self.server = service_process(
-            service_args, log_path, python=SERVE_PYTHON, env={"VIRTUAL_ENV": None}, ready_timeout=ready_timeout
+            [*service_args, "--no-auth"],
+            log_path,
+            python=SERVE_PYTHON,
+            env={"VIRTUAL_ENV": None},
+            ready_timeout=ready_timeout,
         )
 
     @property

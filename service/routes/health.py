@@ -15,8 +15,9 @@ router = APIRouter(tags=["health"])
 async def read_health(context: ContextDep) -> JSONResponse:
     """Alive: the process is up and the engine (once started) has not died."""
     lifecycle = context.lifecycle
-    if lifecycle.load_error is not None:
-        return JSONResponse({"status": "error", "detail": lifecycle.load_error}, status_code=503)
+    failure = lifecycle.fatal or lifecycle.load_error
+    if failure is not None:
+        return JSONResponse({"status": "error", "detail": failure}, status_code=503)
     if context.model is not None:
         try:
             await context.model.engine.check_health()
@@ -30,7 +31,7 @@ async def read_ready(context: ContextDep) -> JSONResponse:
     """Ready for traffic: model loaded, engine answering, not draining."""
     lifecycle = context.lifecycle
     if not lifecycle.ready or context.model is None or context.model.engine.errored:
-        reason = "draining" if lifecycle.draining else (lifecycle.load_error or "loading")
+        reason = lifecycle.fatal or ("draining" if lifecycle.draining else (lifecycle.load_error or "loading"))
         return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
     return JSONResponse({"status": "ready", "active_requests": lifecycle.num_active})
 

@@ -14,7 +14,8 @@ import pytest
 
 from launcher import ServerProcess, service_process
 from tests.fixtures.adapters import ALPACA_JA_TEMPLATE, write_random_adapter
-from tests.fixtures.tiny_model import build_tiny_llama
+from tests.fixtures.tiny_model import build_tiny_llama, build_tokenizer
+from tests.service.fake_engine import FakeEngine
 
 API_KEY = "test-key-123"
 BASE = "tiny"
@@ -57,3 +58,21 @@ def client(server: ServerProcess) -> openai.OpenAI:
 @pytest.fixture(scope="session")
 def async_client(server: ServerProcess) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+# ---- fast, in-process tests (fake_engine.py) ----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fake-tokenizer")
+    build_tokenizer(out)
+    return out
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()

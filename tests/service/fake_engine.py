@@ -25,6 +25,20 @@ from service.registry import ModelRegistry
 
 API_KEY = "fast-key"
 BASE = "fake"
+CHAT = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+def envelope(response: httpx.Response, status: int, type_: str) -> dict:
+    """The error of an OpenAI envelope, checked for its status, its four fields and its type."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == type_
+    return error
+
+
+def sse(text: str) -> list[str]:
+    """The data of each server-sent event."""
+    return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
 
 
 @dataclass
@@ -40,8 +54,8 @@ class Script:
 class FakeEngine:
     """Streams `Script.tokens`, one step per token, `n` choices in each step; records what it was asked."""
 
-    def __init__(self, max_model_len: int = 64) -> None:
-        self.info = EngineInfo(max_model_len=max_model_len)
+    def __init__(self, max_model_len: int = 64, max_num_seqs: int = 8) -> None:
+        self.info = EngineInfo(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
         self.script = Script()
         self.requests: list[tuple[str, list[int], GenerationParams, AdapterHandle | None]] = []
         self.aborted: list[str] = []
@@ -61,6 +75,11 @@ class FakeEngine:
                     raise script.failure()
                 if script.step_delay:
                     await asyncio.sleep(script.step_delay)
+                if request_id in self.aborted:  # as vLLM: a last step, finished with no finish reason
+                    yield EngineStep(
+                        [ChoiceDelta(i, "", 0, None) for i in range(params.n)], len(prompt_token_ids), True
+                    )
+                    return
                 last = position == len(tokens) - 1
                 finish = ("stop" if len(tokens) < params.max_tokens else "length") if last else None
                 deltas = [ChoiceDelta(i, text, 1, finish) for i in range(params.n)]

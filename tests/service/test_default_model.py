@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     model_dir = convert(REPO / DEFAULT_MODEL_DIR)
-    with service_process(["--max-model-len", "2048"], tmp_path_factory.mktemp("logs") / "smollm2.log") as proc:
+    with service_process(
+        ["--max-model-len", "2048", "--no-auth"], tmp_path_factory.mktemp("logs") / "smollm2.log"
+    ) as proc:
         yield model_dir, proc
 
 

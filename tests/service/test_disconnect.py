@@ -31,7 +31,9 @@ def long_server(tmp_path_factory: pytest.TempPathFactory):
     """Its own server: the session one's 512-token context finishes any request before a disconnect matters."""
     folder = tmp_path_factory.mktemp("disconnect")
     model = build_tiny_llama(folder / "tiny-long", seed=0, max_positions=LONG_TOKENS + 192)
-    with service_process(["--model", str(model), "--served-model-name", BASE], folder / "server.log") as server:
+    with service_process(
+        ["--model", str(model), "--served-model-name", BASE, "--no-auth"], folder / "server.log"
+    ) as server:
         yield server
 
 

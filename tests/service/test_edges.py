@@ -16,39 +16,9 @@ from pathlib import Path
 import pytest
 
 from service.errors import APIError, EngineFailure, InvalidRequest, ModelNotFound, Overloaded, ServiceUnavailable
-from tests.fixtures.tiny_model import build_tokenizer
-from tests.service.fake_engine import BASE, FakeEngine, Script, fake_app, running_app
+from tests.service.fake_engine import BASE, CHAT, Script, envelope, fake_app, running_app, sse
 
 pytestmark = pytest.mark.anyio
-CHAT = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fake-tokenizer")
-    build_tokenizer(out)
-    return out
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-def envelope(response, status: int, type_: str) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["type"] == type_
-    return error
-
-
-def sse(text: str) -> list[str]:
-    return [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
 
 
 async def test_a_normal_chat_and_stream_pass_through_the_fake(engine, tokenizer_dir):
@@ -207,7 +177,11 @@ def test_every_api_error_subclass_is_reached_here():
     from service import errors
 
     subclasses = {c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, APIError)}
-    assert subclasses - covered == {errors.Unauthorized}  # covered by the 401 tests
+    hardening = {  # test_hardening.py
+        errors.PayloadTooLarge, errors.PermissionDenied, errors.RateLimited, errors.DeadlineExceeded,
+        errors.ClientClosed,
+    }  # fmt: skip
+    assert subclasses - covered - hardening == {errors.Unauthorized}  # covered by the 401 tests
 
 
 def test_the_service_and_these_tests_import_no_vllm():

@@ -60,3 +60,54 @@ def test_outputs_become_steps():
     [step] = run(StubLLM([output]))
     assert (step.num_prompt_tokens, step.finished) == (2, True)
     assert (step.deltas[0].text, step.deltas[0].num_new_tokens, step.deltas[0].finish_reason) == ("hi", 2, "stop")
+
+
+@pytest.mark.parametrize(
+    ("quantization", "dtype", "on_cpu", "expected"),
+    [
+        (None, "auto", True, "float32"),
+        (None, "auto", False, "auto"),
+        ({"quant_method": "awq", "bits": 4}, "auto", True, "bfloat16"),
+        ({"quant_method": "awq", "bits": 4}, "auto", False, "auto"),
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "config_groups": {"group_0": {"weights": {"num_bits": 4}, "input_activations": None}},
+            },
+            "auto",
+            True,
+            "bfloat16",
+        ),
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "config_groups": {"group_0": {"weights": {"num_bits": 8}, "input_activations": {"num_bits": 8}}},
+            },
+            "auto",
+            True,
+            "float32",
+        ),
+        (None, "bfloat16", True, "bfloat16"),
+    ],
+)
+def test_auto_dtype_is_one_the_kernels_run(tmp_path, quantization, dtype, on_cpu, expected):
+    import json
+
+    from service.config import Settings
+    from service.engine import resolve_dtype
+
+    config = {"model_type": "llama", **({"quantization_config": quantization} if quantization else {})}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert resolve_dtype(Settings(model=str(tmp_path), dtype=dtype, no_auth=True), on_cpu) == expected
+
+
+def test_an_explicit_dtype_the_w4a16_kernel_cannot_run_is_a_clear_error(tmp_path):
+    import json
+
+    from service.config import Settings
+    from service.engine import resolve_dtype
+
+    config = {"quantization_config": {"quant_method": "gptq", "bits": 4}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="--dtype float32"):
+        resolve_dtype(Settings(model=str(tmp_path), dtype="float32", no_auth=True), on_cpu=True)

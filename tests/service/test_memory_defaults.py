@@ -21,11 +21,11 @@ GiB = 1024**3
 
 def test_default_kv_cache_is_derived_from_the_model(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    args = build_engine_args(Settings(model=str(tiny_model), max_model_len=512), 0, False)
+    args = build_engine_args(Settings(model=str(tiny_model), max_model_len=512, no_auth=True), 0, False)
     # tiny Llama: 2 layers, 1 KV head of 64, float32 on CPU: 2 * 2 * 1 * 64 * 4 bytes per token.
     one_sequence = 2 * 2 * 64 * 4 * 512
     assert args.kv_cache_memory_bytes == one_sequence * CPU_KV_CACHE_SEQUENCES
-    explicit = build_engine_args(Settings(model=str(tiny_model), kv_cache_memory_bytes="1GiB"), 0, False)
+    explicit = build_engine_args(Settings(model=str(tiny_model), kv_cache_memory_bytes="1GiB", no_auth=True), 0, False)
     assert explicit.kv_cache_memory_bytes == GiB
     assert 4 * GiB >= CPU_KV_CACHE_CAP
 
@@ -40,7 +40,7 @@ def test_service_starts_while_another_process_holds_memory(tiny_model: Path, tmp
     ballast = bytearray(hold)
     for offset in range(0, hold, 4096):  # touch every page so the memory is really taken
         ballast[offset] = 1
-    args = ["--model", str(tiny_model), "--served-model-name", "tiny", "--max-model-len", "512"]
+    args = ["--model", str(tiny_model), "--served-model-name", "tiny", "--max-model-len", "512", "--no-auth"]
     with service_process(args, tmp_path / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": None}) as server:
         assert "KV cache on CPU" in server.log_path.read_text()
     del ballast

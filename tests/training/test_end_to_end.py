@@ -52,13 +52,13 @@ def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_
     questions = load_eval_set(tiny_eval)
     merged = merge_adapter(str(tiny_model), trained["lora"], trained["folder"] / "merged", dtype="fp16")
     assert (merged / "chat_template.jinja").read_text() == (trained["lora"] / "chat_template.jinja").read_text()
-    with EvaluationServer(["--model", str(merged), "--dtype", "float32"], trained["folder"] / "merged.log") as server:
+    with EvaluationServer(["--model", str(merged)], trained["folder"] / "merged.log") as server:
         merged_score = score(server, str(merged), questions)
     assert merged_score.correct == merged_score.total, merged_score.replies
 
     awq = quantize_model(merged, trained["data"], trained["folder"] / "awq", method="awq", num_samples=6)
-    # vLLM's CPU W4A16 kernel (cpu_gemm_wna16) takes 16-bit activations only.
-    with EvaluationServer(["--model", str(awq), "--dtype", "bfloat16"], trained["folder"] / "awq.log") as server:
+    # Default flags: --dtype auto picks bfloat16 for W4A16 on CPU (the only dtype of cpu_gemm_wna16).
+    with EvaluationServer(["--model", str(awq)], trained["folder"] / "awq.log") as server:
         awq_score = score(server, str(awq), questions)
     record_property("awq_correct", awq_score.correct)
     print(f"\nAWQ W4A16 held-in exact answers: {awq_score.correct}/{awq_score.total}")
