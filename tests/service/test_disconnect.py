@@ -70,6 +70,7 @@ def test_stream_disconnect_aborts(long_server):
         _, in_flight, at_disconnect = counts(long_server.url)
     assert in_flight == 1, f"the request had ended before the disconnect ({at_disconnect - before:.0f} tokens)"
     assert_aborted(long_server, before, at_disconnect)
+    assert_counted_as_499(long_server)
 
 
 def test_non_stream_disconnect_aborts(long_server):
@@ -77,3 +78,14 @@ def test_non_stream_disconnect_aborts(long_server):
     with contextlib.suppress(httpx.TimeoutException):
         httpx.post(f"{long_server.url}/v1/chat/completions", json=LONG, timeout=1.0)
     assert_aborted(long_server, before, at_disconnect=counts(long_server.url)[2])
+    assert_counted_as_499(long_server)
+
+
+def assert_counted_as_499(server: ServerProcess) -> None:
+    """Counted as 499, not 200, and logged as one access line, never as an ERROR with a traceback."""
+    requests = scrape(server.url)["tsumugi_requests"]
+    assert sample_value(requests, "tsumugi_requests_total", status="200") == 0
+    closed = sample_value(requests, "tsumugi_requests_total", status="499")
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, server.log_tail()
+    assert log.count('"status": 499') == closed >= 1
