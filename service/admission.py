@@ -31,6 +31,13 @@ from service.tenants import Tenant
 DEFAULT_QUEUE_SHARE = 0.25
 # Prompt tokens that may wait for prefill, in units of the engine's per-step token budget.
 DEFAULT_QUEUED_PROMPT_STEPS = 4
+# The `code` of each 429 and the `reason` label of `tsumugi_rejected_requests_total`.
+REJECTION_REASONS = (
+    "server_at_capacity",
+    "concurrency_limit_exceeded",
+    "rate_limit_exceeded",
+    "tokens_limit_exceeded",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class Admission:
         self._metrics = metrics
         self._clock = clock
         self._tenants: dict[str, _TenantState] = {}
+        self._metrics.queue_depth.set(0)
         self.num_sequences = 0
         self.num_queued_prompt_tokens = 0
         self.num_queued = 0

@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.admission import REJECTION_REASONS
 from service.config import Settings
 from service.context import AppContext, LoadedModel
 from service.errors import install_error_handlers
@@ -39,7 +40,7 @@ from service.middleware import RequestMiddleware
 from service.prompts import longest_token
 from service.registry import ModelRegistry
 from service.routes import api_router, health, openapi_document
-from service.tenants import KeyRing
+from service.tenants import ANONYMOUS, KeyRing
 
 logger = logging.getLogger(__name__)
 ModelLoader = Callable[[Settings], LoadedModel]
@@ -73,6 +74,8 @@ def create_app(
     """
     keyring = None if settings.no_auth else KeyRing.load(settings.api_keys, settings.api_keys_file)
     context = AppContext(settings, keyring)
+    tenants = [t.name for t in keyring.tenants] if keyring else [ANONYMOUS.name]
+    context.metrics.start_at_zero(tenants, REJECTION_REASONS)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

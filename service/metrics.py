@@ -79,6 +79,12 @@ class ServiceMetrics:
             registry=r,
         )
 
+    def start_at_zero(self, keys: list[str], reasons: tuple[str, ...]) -> None:
+        """Create every key's rejection series at 0, so `rate()` and alerts see them before the first 429."""
+        for key in keys:
+            for reason in reasons:
+                self.rejected.labels(reason, key)
+
     def track(self, model: str, endpoint: str) -> RequestTracker:
         return RequestTracker(self, model, endpoint)
 
