@@ -9,9 +9,11 @@ DEFAULT_MODEL := models/smollm2-135m-instruct
 MODEL ?= $(DEFAULT_MODEL)
 PORT ?= 8000
 ARGS ?=
+# Local serving on 127.0.0.1 is open unless keys are configured (the service refuses to guess).
+AUTH ?= $(if $(TSUMUGI_API_KEYS)$(TSUMUGI_API_KEYS_FILE),,--no-auth)
 PYTEST_ARGS ?=
 
-.PHONY: all serve test lint format test-serve test-train test-deploy bench bench-train train clean
+.PHONY: all serve test lint format test-serve test-train test-deploy bench bench-train train clean loadtest
 
 all: .venv-serve/.installed .venv-train/.installed
 
@@ -31,7 +33,7 @@ $(DEFAULT_MODEL)/config.json: | .venv-serve/.installed
 	$(SERVE_PY) -m service.default_model $(DEFAULT_MODEL)
 
 serve: .venv-serve/.installed $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/config.json)
-	$(SERVE_PY) -m service --model $(MODEL) --port $(PORT) $(ARGS)
+	$(SERVE_PY) -m service --model $(MODEL) --port $(PORT) $(AUTH) $(ARGS)
 
 # ---- training environment (see training/README.md) -----------------------------------------------------
 .venv-train/.installed: requirements/train.txt
@@ -63,7 +65,7 @@ test-train: .venv-train/.installed .venv-serve/.installed $(DEFAULT_MODEL)/confi
 
 # Runs in .venv-tools (kubectl, checkov, validators); starts .venv-serve's service and Debian's prometheus.
 # -p no:cloudcoil: cloudcoil ships a pytest plugin for kind clusters that we do not use (it needs filelock).
-test-deploy: .venv-tools/.installed .venv-serve/.installed prometheus-installed
+test-deploy: .venv-tools/.installed .venv-serve/.installed .venv-loadtest/.installed prometheus-installed
 	.venv-tools/bin/python -m pytest -p no:cloudcoil tests/deploy $(PYTEST_ARGS)
 
 # ---- deploy-check tools (see deploy/README.md) ---------------------------------------------------------
@@ -82,12 +84,29 @@ prometheus-installed:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
+# ---- load testing (see deploy/README.md, "Load testing") ------------------------------------------------
+# make loadtest TARGET=http://host:8000 MODEL=served-name PROFILE=sweep ARGS="--slo-ttft-ms 2000 --api-key KEY"
+# Drives any OpenAI-compatible endpoint with GuideLLM; report.json and PNGs go to runs/loadtest/<time>/.
+TARGET ?= http://127.0.0.1:$(PORT)
+PROFILE ?= sweep
+
+.venv-loadtest/.installed: requirements/loadtest.txt
+	rm -rf .venv-loadtest
+	$(PYTHON) -m venv .venv-loadtest
+	.venv-loadtest/bin/pip install -q pip==26.3
+	.venv-loadtest/bin/pip install -q -r requirements/loadtest.txt
+	touch $@
+
+loadtest: .venv-loadtest/.installed
+	.venv-loadtest/bin/python -m deploy.loadtest --target $(TARGET) --model $(MODEL) --profile $(PROFILE) $(ARGS)
+
 # ---- benchmarks (results go to BENCHMARKS.md) ----------------------------------------------------------
 bench: .venv-serve/.installed $(DEFAULT_MODEL)/config.json
 	$(SERVE_PY) -m bench.serving
+	$(SERVE_PY) -m bench.overload
 
 bench-train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training.bench
 
 clean:
-	rm -rf .venv-serve .venv-train .venv-tools .pytest_cache .ruff_cache
+	rm -rf .venv-serve .venv-train .venv-tools .venv-loadtest .pytest_cache .ruff_cache

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
 from launcher import ServerProcess, free_port, service_process
 from tests.deploy import promql
-from tests.deploy.tools import ALERT_RULES, DEPLOY, ROOT, SERVE_PYTHON, tool
+from tests.deploy.tools import ALERT_RULES, DEPLOY, SERVE_PYTHON, tool
 
 pytestmark = pytest.mark.slow
 
@@ -42,15 +40,6 @@ def http(url: str, body: dict | None = None, headers: dict | None = None, timeou
         return error.code, error.headers, error.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None, {}, ""
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-model")
-    code = "import sys; from pathlib import Path; from tests.fixtures.tiny_model import build_tiny_llama; "
-    code += "build_tiny_llama(Path(sys.argv[1]))"
-    subprocess.run([str(SERVE_PYTHON), "-c", code, str(out)], cwd=ROOT, check=True, timeout=300)
-    return out
 
 
 @pytest.fixture(scope="module")
