@@ -74,11 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    mode = (
-        "without authentication (--no-auth)"
-        if settings.no_auth
-        else f"{len(app.state.context.keyring.tenants)} API keys"
-    )
+    keyring = app.state.context.keyring
+    mode = "without authentication (--no-auth)" if keyring is None else f"with {len(keyring.tenants)} API keys"
     logging.getLogger("service").info("serving %s with %s", settings.model_name, mode)
     config = uvicorn.Config(
         app,
