@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     keyring = app.state.context.keyring
     mode = "without authentication (--no-auth)" if keyring is None else f"with {len(keyring.tenants)} API keys"
-    logging.getLogger("service").info("serving %s with %s", settings.model_name, mode)
+    logging.getLogger("service").info("serving %s %s", settings.model_name, mode)
     config = uvicorn.Config(
         app,
         host=settings.host,
