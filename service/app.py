@@ -32,6 +32,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+import tool_prompt
 from service.admission import REJECTION_REASONS
 from service.config import Settings
 from service.context import AppContext, LoadedModel
@@ -53,11 +54,31 @@ def load_model(settings: Settings) -> LoadedModel:
     from transformers import AutoTokenizer
 
     from service.engine import Engine
+    from service.tool_parsing import ToolParsing
 
-    registry = ModelRegistry.from_modules(settings.model_name, settings.model, settings.lora_modules)
+    registry = ModelRegistry.from_modules(
+        settings.model_name, settings.model, settings.lora_modules, settings.read_chat_template()
+    )
     tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model)
+    tool_parsing = None
+    if settings.enable_auto_tool_choice:
+        tool_parsing = ToolParsing(
+            tool_parser_name(settings, registry.base.chat_template or tokenizer.chat_template), tokenizer
+        )
     engine = Engine.start(settings, registry.adapter_paths())
-    return LoadedModel(engine, registry, tokenizer, len(tokenizer), longest_token(tokenizer))
+    return LoadedModel(engine, registry, tokenizer, len(tokenizer), longest_token(tokenizer), tool_parsing)
+
+
+def tool_parser_name(settings: Settings, chat_template: str | None) -> str:
+    """`--tool-call-parser`, else the default format's parser for a template without a tool format."""
+    if settings.tool_call_parser:
+        return settings.tool_call_parser
+    if chat_template and tool_prompt.template_has_tool_format(chat_template):
+        raise ValueError(
+            "--enable-auto-tool-choice: this model's chat template has its own tool format; name the parser "
+            "that reads it with --tool-call-parser (for example hermes, llama3_json, mistral, pythonic)"
+        )
+    return tool_prompt.DEFAULT_TOOL_PARSER
 
 
 def create_app(
@@ -73,6 +94,14 @@ def create_app(
     `ValueError` for an unusable keys file.
     """
     keyring = None if settings.no_auth else KeyRing.load(settings.api_keys, settings.api_keys_file)
+    settings.read_chat_template()  # a missing --chat-template file is a configuration error, before loading
+    if settings.tool_call_parser:
+        from service.tool_parsing import parser_names  # vLLM's registry of parsers
+
+        if settings.tool_call_parser not in parser_names():
+            raise ValueError(
+                f"--tool-call-parser {settings.tool_call_parser}: unknown; choose one of {', '.join(parser_names())}"
+            )
     context = AppContext(settings, keyring)
     tenants = [t.name for t in keyring.tenants] if keyring else [ANONYMOUS.name]
     context.metrics.start_at_zero(tenants, REJECTION_REASONS)

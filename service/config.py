@@ -93,6 +93,14 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         default=600.0, gt=0, description="seconds a request may queue and generate; X-Request-Timeout may lower it"
     )
+    chat_template: str | None = Field(
+        default=None, description="chat template for the base model: a file, or the template itself"
+    )
+    enable_auto_tool_choice: bool = Field(default=False, description='let the model decide to call tools ("auto")')
+    tool_call_parser: str | None = Field(
+        default=None,
+        description="vLLM tool parser reading the model's calls; default: hermes, for templates without a tool format",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False
     seed: int = 0
@@ -128,6 +136,23 @@ class Settings(BaseSettings):
                 "pass --no-auth to serve without authentication"
             )
         return self
+
+    @model_validator(mode="after")
+    def _parser_needs_auto(self) -> Settings:
+        if self.tool_call_parser and not self.enable_auto_tool_choice:
+            raise ValueError("--tool-call-parser is used only with --enable-auto-tool-choice; pass both")
+        return self
+
+    def read_chat_template(self) -> str | None:
+        """`--chat-template` as a template: a file's contents, or the value itself (as `vllm serve` takes it)."""
+        if self.chat_template is None:
+            return None
+        path = Path(self.chat_template)
+        if "{" not in self.chat_template and path.is_file():
+            return path.read_text(encoding="utf-8")
+        if "{" not in self.chat_template:
+            raise ValueError(f"--chat-template {self.chat_template}: no such file, and not a Jinja template")
+        return self.chat_template
 
     @property
     def model_name(self) -> str:

@@ -19,6 +19,7 @@ from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
 from service.registry import ModelRegistry
 from service.tenants import KeyRing
+from service.tool_calls import CallParsing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,6 +36,7 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     vocab_size: int
     max_token_chars: int = 64  # the longest vocabulary entry, in characters (see `max_prompt_chars`)
+    tool_parsing: CallParsing | None = None  # set with --enable-auto-tool-choice
 
     @property
     def max_model_len(self) -> int:

@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import xgrammar
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
@@ -48,7 +49,7 @@ from service.errors import EngineFailure, InvalidRequest, Overloaded, ServiceUna
 
 logger = logging.getLogger(__name__)
 # GenerationParams fields passed to SamplingParams under the same name; the rest are mapped below.
-_MAPPED_APART = ("stop", "json_schema", "json_object")
+_MAPPED_APART = ("stop", "json_schema", "json_object", "json_schema_source")
 _SAMPLING_FIELDS = tuple(f.name for f in fields(GenerationParams) if f.name not in _MAPPED_APART)
 # Fields whose None means "the model's generation_config value, else vLLM's own default".
 _MODEL_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
@@ -94,6 +95,22 @@ def is_weight_only_4bit(model_dir: Path) -> bool:
             (group.get("weights") or {}).get("num_bits") == 4 and not group.get("input_activations") for group in groups
         )
     return False
+
+
+def compact_json_grammar(schema: dict[str, Any]) -> str:
+    """The grammar of JSON following `schema` with no optional whitespace, for forced tool calls.
+
+    JSON schemas allow whitespace between tokens, and a model that puts its probability there (a fine-tune
+    gone wrong, random weights) pads a call until `max_tokens` cuts it. vLLM 0.32's xgrammar backend takes
+    "no whitespace" only as an engine-wide setting, so the schema is turned into a grammar here, per request
+    (well under a millisecond; vLLM caches compiled grammars by their text)."""
+    try:
+        grammar = xgrammar.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":"))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InvalidRequest(
+            f"tools: a function's parameters cannot be used as a schema: {exc}", param="tools"
+        ) from exc
+    return str(grammar)
 
 
 def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
@@ -210,7 +227,10 @@ class Engine:
                 values[name] = self.info.default_sampling.get(name, fallback)
         structured = None
         if params.json_schema is not None:
-            structured = StructuredOutputsParams(json=params.json_schema)
+            if params.json_schema_source == "tools":
+                structured = StructuredOutputsParams(grammar=compact_json_grammar(params.json_schema))
+            else:
+                structured = StructuredOutputsParams(json=params.json_schema)
         elif params.json_object:
             structured = StructuredOutputsParams(json_object=True)
         try:
@@ -265,7 +285,7 @@ class Engine:
                 except Exception as exc:
                     raise EngineFailure(f"engine error: {type(exc).__name__}: {exc}") from exc
                 if any(choice.finish_reason == "error" for choice in output.outputs):
-                    raise _request_error(structured, num_tokens)
+                    raise _request_error(params.json_schema_source if structured else None, num_tokens)
                 deltas = [_delta(choice, want_logprobs) for choice in output.outputs]
                 num_tokens += sum(len(choice.token_ids) for choice in output.outputs)
                 yield EngineStep(deltas, len(output.prompt_token_ids or ()), output.finished)
@@ -291,16 +311,16 @@ class Engine:
             self._tempdir.cleanup()
 
 
-def _request_error(structured: bool, num_tokens: int) -> InvalidRequest | EngineFailure:
+def _request_error(schema_source: str | None, num_tokens: int) -> InvalidRequest | EngineFailure:
     """What a request that the engine finished with "error" (not an OpenAI finish reason) amounts to.
 
     vLLM compiles a structured-output grammar in the engine process, after accepting the request; a schema
     its backend cannot compile (a `pattern` too large, say) ends the request that way before any token."""
-    if structured and num_tokens == 0:
+    if schema_source is not None and num_tokens == 0:
         return InvalidRequest(
-            "response_format: the structured-output backend could not compile this schema "
+            f"{schema_source}: the structured-output backend could not compile this schema "
             "(see the server log for its message); simplify the schema, for example its patterns.",
-            param="response_format",
+            param=schema_source,
         )
     return EngineFailure("the engine ended the request with an error")
 
@@ -325,4 +345,5 @@ def _delta(choice: Any, want_logprobs: bool) -> ChoiceDelta:
         num_new_tokens=len(choice.token_ids),
         finish_reason=None if choice.finish_reason == "abort" else choice.finish_reason,
         logprobs=logprobs,
+        token_ids=choice.token_ids,
     )

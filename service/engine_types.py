@@ -7,9 +7,9 @@ library. `engine.py` maps them onto vLLM's types at the boundary.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 NULL_ADAPTER_NAME = "tsumugi-null-adapter"
 
@@ -37,6 +37,10 @@ class GenerationParams:
     logprobs: int | None = None
     json_schema: dict[str, Any] | None = None
     json_object: bool = False
+    # Where `json_schema` came from: the client's response_format, or the tools of a forced tool choice (then
+    # written without optional whitespace: compact calls, and no model can pad them until max_tokens).
+    json_schema_source: Literal["response_format", "tools"] = "response_format"
+    skip_special_tokens: bool = True  # False when a tool parser looks for special call tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,7 @@ class ChoiceDelta:
     num_new_tokens: int
     finish_reason: str | None
     logprobs: list[TokenLogprob] | None = None
+    token_ids: Sequence[int] = ()  # the new tokens (tool parsers of some formats read ids, not text)
 
 
 @dataclass(slots=True)

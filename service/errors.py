@@ -144,10 +144,23 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return f"The request body is not valid JSON: {detail} (at character {position}).", None
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type"):
         return "The request body must be a JSON object (sent as Content-Type: application/json).", None
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
-    message = first.get("msg", "Invalid request body.")
+    param = _param_path(first.get("loc", ()))
+    message = first.get("msg", "Invalid request body.").removeprefix("Value error, ")
     return (f"{param}: {message}" if param else message), param
+
+
+def _param_path(loc: tuple) -> str | None:
+    """pydantic's error location as OpenAI writes a `param`: `messages[0].content`, without pydantic's union
+    branch tags (`list[TextPart]`, `function-after[...]`)."""
+    path = ""
+    for part in loc:
+        if part == "body" and not path:
+            continue
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" not in part and "(" not in part:
+            path += f".{part}" if path else part
+    return path or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,6 +10,7 @@ escaping that makes Prometheus store `vllm:x` as `vllm_x`, and the dashboards an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -78,6 +79,31 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+        self.tool_call_responses = Counter(
+            "tsumugi_tool_call_responses",
+            "Choices answered with tool calls, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.tool_call_parse_failures = Counter(
+            "tsumugi_tool_call_parse_failures",
+            "Tool calls a model began but the parser could not read (answered as text instead), by model.",
+            ["model"],
+            registry=r,
+        )
+
+    def tool_call_counter(self, model: str) -> Callable[[bool, int], None]:
+        """Counts one model's choices: whether each was answered with calls, and its parse failures."""
+        responses, failures = self.tool_call_responses.labels(model), self.tool_call_parse_failures.labels(model)
+
+        def count(called: bool, num_parse_failures: int) -> None:
+            if called:
+                responses.inc()
+            if num_parse_failures:
+                failures.inc(num_parse_failures)
+
+        return count
 
     def start_at_zero(self, keys: list[str], reasons: tuple[str, ...]) -> None:
         """Create every key's rejection series at 0, so `rate()` and alerts see them before the first 429."""

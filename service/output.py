@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +36,7 @@ from service.errors import (
     request_id_of,
 )
 from service.generation import Generation, GenerationResult
+from service.tool_calls import ToolCallReader
 
 logger = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
@@ -67,8 +68,8 @@ class ChoiceShape(Protocol):
         """Choices of a stream's first chunk, before any token (chat's role, completions' echo)."""
         ...
 
-    def stream_choice(self, prompt_index: int, delta: ChoiceDelta) -> str:
-        """One delta as an encoded JSON choice of a stream chunk."""
+    def stream_choices(self, prompt_index: int, delta: ChoiceDelta) -> list[str]:
+        """One delta as encoded JSON choices, one per stream chunk (usually one; none while a reader waits)."""
         ...
 
     def final_choice(self, index: int, choice: CollectedChoice) -> dict:
@@ -132,12 +133,15 @@ async def sse_events(
     opening = shape.opening()
     if opening:
         yield encoder.choices(opening)
-    stream_choice = shape.stream_choice
+    stream_choices = shape.stream_choices
     try:
         async for index, step in generation.steps():
-            choices = [stream_choice(index, d) for d in step.deltas if d.text or d.finish_reason or d.logprobs]
-            if choices:
-                yield encoder.choices(choices)
+            per_delta = [stream_choices(index, d) for d in step.deltas if d.text or d.finish_reason or d.logprobs]
+            if len(per_delta) == 1 and len(per_delta[0]) == 1:  # one choice, one chunk: nearly every token
+                yield encoder.choices(per_delta[0])
+                continue
+            for k in range(max(map(len, per_delta), default=0)):  # a choice's k-th chunk goes in chunk k
+                yield encoder.choices([choices[k] for choices in per_delta if len(choices) > k])
         interruption = generation.interruption()
         if interruption is not None:
             yield error_event(interruption)
@@ -220,24 +224,35 @@ def text_logprobs(logprobs: list[TokenLogprob], top_logprobs: int, offset: int =
 
 
 class ChatShape:
-    """Choices of `/v1/chat/completions`."""
+    """Choices of `/v1/chat/completions`; with `readers` (one per choice), tool calls are read out of the text."""
 
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
-    def __init__(self, n: int, top_logprobs: int | None) -> None:
+    def __init__(
+        self,
+        n: int,
+        top_logprobs: int | None,
+        readers: list[ToolCallReader] | None = None,
+        count_tool_calls: Callable[[bool, int], None] | None = None,
+    ) -> None:
         self.n = n
         self.top_logprobs = top_logprobs  # None: no logprobs asked for
+        self.readers = readers
+        self._count_tool_calls = count_tool_calls
+        self._called = [False] * n
 
     def opening(self) -> list[str]:
         role = '{{"index":{},"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}'
         return [role.format(i) for i in range(self.n)]
 
-    def stream_choice(self, prompt_index: int, delta: ChoiceDelta) -> str:
+    def stream_choices(self, prompt_index: int, delta: ChoiceDelta) -> list[str]:
+        if self.readers is not None:
+            return self._stream_with_tools(self.readers[delta.index], delta)
         if delta.finish_reason is None and delta.logprobs is None:  # the per-token case: encode the text alone
             content = _encode_text(delta.text)
-            return f'{{"index":{delta.index},"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}'
+            return [f'{{"index":{delta.index},"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}']
         choice: dict = {
             "index": delta.index,
             "delta": {"content": delta.text} if delta.text else {},
@@ -246,18 +261,46 @@ class ChatShape:
         }
         if delta.logprobs is not None and self.top_logprobs is not None:
             choice["logprobs"] = {"content": token_logprobs(delta.logprobs, self.top_logprobs)}
-        return _dumps(choice)
+        return [_dumps(choice)]
+
+    def _stream_with_tools(self, reader: ToolCallReader, delta: ChoiceDelta) -> list[str]:
+        """Content, then each call's opening and argument fragments, then (at the end) the finish reason alone."""
+        index = delta.index
+        piece = reader.feed(delta.text, delta.token_ids)
+        choices = [_chat_chunk_choice(index, {"content": piece.content})] if piece.content else []
+        calls = piece.calls
+        if delta.finish_reason is not None:
+            last_calls, finish_reason = reader.finish(delta.finish_reason)
+            calls = [*calls, *last_calls]
+        for call in calls:
+            self._called[index] = self._called[index] or call.id is not None
+            choices.append(_chat_chunk_choice(index, {"tool_calls": [call.openai_shape()]}))
+        if delta.finish_reason is not None:
+            choices.append(_chat_chunk_choice(index, {}, finish_reason))
+            self._count(self._called[index], reader)
+        return choices
 
     def final_choice(self, index: int, choice: CollectedChoice) -> dict:
         logprobs = None
         if self.top_logprobs is not None:
             logprobs = {"content": token_logprobs(choice.logprobs, self.top_logprobs)}
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": choice.text},
-            "logprobs": logprobs,
-            "finish_reason": choice.finish_reason,
-        }
+        message: dict = {"role": "assistant", "content": choice.text}
+        finish_reason = choice.finish_reason
+        if self.readers is not None:
+            read = self.readers[index].read(choice.text, finish_reason)
+            message["content"], finish_reason = read.content, read.finish_reason
+            if read.calls:
+                message["tool_calls"] = [call.openai_shape() for call in read.calls]
+            self._count(bool(read.calls), self.readers[index])
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def _count(self, called: bool, reader: ToolCallReader) -> None:
+        if self._count_tool_calls is not None:
+            self._count_tool_calls(called, getattr(reader, "num_parse_failures", 0))
+
+
+def _chat_chunk_choice(index: int, delta: dict, finish_reason: str | None = None) -> str:
+    return _dumps({"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason})
 
 
 class CompletionShape:
@@ -280,7 +323,7 @@ class CompletionShape:
             for i in range(len(self.echoed_prompts) * self.n)
         ]
 
-    def stream_choice(self, prompt_index: int, delta: ChoiceDelta) -> str:
+    def stream_choices(self, prompt_index: int, delta: ChoiceDelta) -> list[str]:
         choice: dict = {
             "index": prompt_index * self.n + delta.index,
             "text": delta.text,
@@ -289,7 +332,7 @@ class CompletionShape:
         }
         if self.logprobs is not None and delta.logprobs is not None:
             choice["logprobs"] = text_logprobs(delta.logprobs, self.logprobs)
-        return _dumps(choice)
+        return [_dumps(choice)]
 
     def final_choice(self, index: int, choice: CollectedChoice) -> dict:
         echo = self.echoed_prompts[index // self.n] if self.echoed_prompts is not None else ""

@@ -12,11 +12,14 @@ Short prompts, nearly all of them, are tokenised inline: a thread hop would cost
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
+from typing import Any
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+import tool_prompt
 from service.errors import InvalidRequest
 from service.protocol import ChatMessage
 
@@ -33,25 +36,33 @@ def longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
 async def render_chat(
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[ChatMessage],
+    tools: list[dict[str, Any]] | None,
     chat_template: str | None,
     max_chars: int,
 ) -> list[int]:
-    """Token ids of `messages` rendered with `chat_template` (the tokenizer's own when None)."""
-    conversation = [{"role": m.role, "content": m.text()} for m in messages]
-    num_chars = sum(len(turn["content"]) for turn in conversation)
+    """Token ids of `messages` (and the `tools` the model may call) rendered with `chat_template` (the
+    tokenizer's own when None). Tools, calls and tool results are written by the template itself when it has
+    a tool format, else in the default one (`tool_prompt.py`, the format training uses too)."""
+    shaped = [m.openai_shape() for m in messages]
+    num_chars = sum(len(m.text()) for m in messages)
+    if tools or any(m.tool_calls for m in messages):
+        num_chars += len(json.dumps(tools or [])) + sum(len(json.dumps(m.get("tool_calls", ""))) for m in shaped)
     _check_length(num_chars, max_chars, "messages")
     template = chat_template or tokenizer.chat_template
     if template is None:
         raise InvalidRequest("This model has no chat template; use /v1/completions.", param="messages")
+    conversation, template_tools = tool_prompt.conversation_for_template(shaped, tools, template)
     if num_chars <= INLINE_CHARS:
-        return _render(tokenizer, conversation, template)
-    return await asyncio.to_thread(_render, tokenizer, conversation, template)
+        return _render(tokenizer, conversation, template_tools, template)
+    return await asyncio.to_thread(_render, tokenizer, conversation, template_tools, template)
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, conversation: list[dict], template: str) -> list[int]:
+def _render(
+    tokenizer: PreTrainedTokenizerBase, conversation: list[dict], tools: list[dict] | None, template: str
+) -> list[int]:
     try:
         text = tokenizer.apply_chat_template(
-            conversation, chat_template=template, add_generation_prompt=True, tokenize=False
+            conversation, tools=tools, chat_template=template, add_generation_prompt=True, tokenize=False
         )
     except TemplateError as exc:
         raise InvalidRequest(f"messages: the chat template rejected them: {exc}", param="messages") from exc

@@ -62,8 +62,11 @@ class ModelRegistry:
         self._by_name = {base.name: base} | {adapter.name: adapter for adapter in adapters}
 
     @classmethod
-    def from_modules(cls, base_name: str, base_path: str, modules: list[LoRAModule]) -> ModelRegistry:
-        """Check every adapter directory and give each a stable engine id (1-based, in flag order)."""
+    def from_modules(
+        cls, base_name: str, base_path: str, modules: list[LoRAModule], base_template: str | None = None
+    ) -> ModelRegistry:
+        """Check every adapter directory and give each a stable engine id (1-based, in flag order).
+        `base_template` (`--chat-template`) replaces the base model's own; adapters keep theirs."""
         names = [m.name for m in modules]
         duplicates = {n for n in names if names.count(n) > 1} | ({base_name} & set(names))
         if duplicates or NULL_ADAPTER_NAME in names:
@@ -75,7 +78,7 @@ class ModelRegistry:
             adapters.append(
                 ServedModel(module.name, str(module.path), read_chat_template(module.path), handle, base_name)
             )
-        base = ServedModel(base_name, base_path, None)
+        base = ServedModel(base_name, base_path, base_template)
         return cls(base, adapters)
 
     def resolve(self, name: str) -> ServedModel:

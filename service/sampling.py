@@ -8,6 +8,7 @@ mapping code; only the endpoint-specific ones (output budget, logprobs, structur
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any
 
 from service.engine_types import GenerationParams
 from service.errors import InvalidRequest
@@ -20,9 +21,14 @@ _SHARED = tuple(
 
 
 def generation_params(
-    body: ChatCompletionRequest | CompletionRequest, num_prompt_tokens: int, max_model_len: int
+    body: ChatCompletionRequest | CompletionRequest,
+    num_prompt_tokens: int,
+    max_model_len: int,
+    tool_constraint: dict[str, Any] | None = None,
+    keep_special_tokens: bool = False,
 ) -> GenerationParams:
-    """The engine settings for one prompt of `body` that is `num_prompt_tokens` long."""
+    """The engine settings for one prompt of `body` that is `num_prompt_tokens` long. A forced tool choice
+    brings `tool_constraint`, the JSON schema its output must follow (`tool_calls.ToolCallPolicy`)."""
     shared = {name: getattr(body, name) for name in _SHARED}
     stop = tuple(body.stop_list())
     is_chat = isinstance(body, ChatCompletionRequest)
@@ -42,8 +48,10 @@ def generation_params(
             max_tokens=budget,
             stop=stop,
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-            json_schema=schema,
-            json_object=kind == "json_object",
+            json_schema=tool_constraint or schema,
+            json_object=kind == "json_object" and tool_constraint is None,
+            json_schema_source="tools" if tool_constraint else "response_format",
+            skip_special_tokens=not keep_special_tokens,
             **shared,
         )
     return GenerationParams(max_tokens=budget, stop=stop, logprobs=body.logprobs, **shared)

@@ -11,6 +11,7 @@ from service.output import ChatShape, respond
 from service.prompts import render_chat
 from service.protocol import ChatCompletionRequest
 from service.sampling import generation_params
+from service.tool_calls import ToolCallPolicy
 
 router = APIRouter(tags=["chat"])
 
@@ -19,11 +20,17 @@ router = APIRouter(tags=["chat"])
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, context: ContextDep, model: ModelDep, call: CallDep
 ) -> JSONResponse | StreamingResponse:
-    """Chat completion, rendered with the model's (or adapter's) chat template."""
+    """Chat completion, rendered with the model's (or adapter's) chat template; tool calls read from the output."""
     served = model.registry.resolve(body.model)
     call.record.model = served.name
-    prompt = await render_chat(model.tokenizer, body.messages, served.chat_template, model.max_prompt_chars)
-    params = generation_params(body, len(prompt), model.max_model_len)
+    tools = ToolCallPolicy.of(body)
+    readers = tools.readers(body.n, model.tool_parsing)
+    prompt = await render_chat(
+        model.tokenizer, body.messages, tools.rendered_tools(), served.chat_template, model.max_prompt_chars
+    )
+    keep_special = bool(readers and readers[0].keeps_special_tokens)
+    params = generation_params(body, len(prompt), model.max_model_len, tools.constraint(), keep_special)
     generation = await Generation.start(context, model.engine, served, "chat", [prompt], [params], call)
-    shape = ChatShape(body.n, (body.top_logprobs or 0) if body.logprobs else None)
+    count = context.metrics.tool_call_counter(served.name) if readers else None
+    shape = ChatShape(body.n, (body.top_logprobs or 0) if body.logprobs else None, readers, count)
     return await respond(request, generation, shape, body.model, body.stream, body.include_usage_in_stream())

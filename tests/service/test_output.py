@@ -20,7 +20,7 @@ def decode(event: bytes) -> dict:
 def test_chunk_is_openai_shaped_with_unicode_and_quotes(text):
     encoder = ChunkEncoder("chat.completion.chunk", "id-1", 123, 'm"odel', include_usage=True)
     shape = ChatShape(n=1, top_logprobs=None)
-    chunk = decode(encoder.choices([shape.stream_choice(0, ChoiceDelta(0, text, 2, None))]))
+    chunk = decode(encoder.choices(shape.stream_choices(0, ChoiceDelta(0, text, 2, None))))
     assert chunk == {
         "id": "id-1",
         "object": "chat.completion.chunk",
@@ -38,7 +38,7 @@ def test_chat_finish_and_logprobs_chunks():
     shape = ChatShape(n=2, top_logprobs=1)
     assert [json.loads(c)["delta"] for c in shape.opening()] == [{"role": "assistant", "content": ""}] * 2
     lp = TokenLogprob("a", -0.5, (("a", -0.5), ("b", -1.0)))
-    choice = json.loads(shape.stream_choice(0, ChoiceDelta(1, "a", 1, "stop", [lp])))
+    choice = json.loads(shape.stream_choices(0, ChoiceDelta(1, "a", 1, "stop", [lp]))[0])
     assert choice["index"] == 1 and choice["finish_reason"] == "stop"
     assert choice["logprobs"]["content"][0]["top_logprobs"] == [{"token": "a", "logprob": -0.5, "bytes": [97]}]
 
@@ -46,6 +46,6 @@ def test_chat_finish_and_logprobs_chunks():
 def test_completion_choices_are_numbered_prompt_by_prompt_and_echo():
     shape = CompletionShape(n=2, logprobs=None, echoed_prompts=["p0", "p1"])
     assert [json.loads(c)["text"] for c in shape.opening()] == ["p0", "p0", "p1", "p1"]
-    assert json.loads(shape.stream_choice(1, ChoiceDelta(1, "x", 1, None)))["index"] == 3
+    assert json.loads(shape.stream_choices(1, ChoiceDelta(1, "x", 1, None))[0])["index"] == 3
     final = shape.final_choice(2, CollectedChoice(parts=["a", "b"], finish_reason="length"))
     assert final == {"index": 2, "text": "p1ab", "logprobs": None, "finish_reason": "length"}

@@ -171,7 +171,7 @@ def test_json_schema_response_format(client):
         ({"messages": HELLO}, "model"),
         ({"model": BASE}, "messages"),
         ({"model": BASE, "messages": []}, "messages"),
-        ({"model": BASE, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": BASE, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": BASE, "messages": HELLO, "temperature": 5}, "temperature"),
         ({"model": BASE, "messages": HELLO, "max_tokens": 0}, "max_tokens"),
         ({"model": BASE, "messages": HELLO, "n": 0}, "n"),
