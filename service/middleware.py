@@ -34,7 +34,7 @@ from service.tenants import ANONYMOUS, KeyRing, Tenant
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("tsumugi.access")
 
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}
 STATUS_CLIENT_CLOSED = 499
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 

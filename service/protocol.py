@@ -23,7 +23,7 @@ INT64 = (-(2**63), 2**63 - 1)  # seeds travel to the engine process as 64-bit in
 INT32_MAX = 2**31 - 1
 
 
-def _unencodable_field(value: Any, path: str) -> str | None:
+def unencodable_field(value: Any, path: str) -> str | None:
     """The dotted path of the first string (key or value) that UTF-8 cannot encode, such as a lone surrogate
     (`"\\ud800"` is valid JSON but no text): the tokenizer, the engine and our own error messages would fail
     on it later, as a 500, so it is refused here as the client's mistake."""
@@ -37,12 +37,12 @@ def _unencodable_field(value: Any, path: str) -> str | None:
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _unencodable_field(key, path) or _unencodable_field(item, f"{path}.{key}" if path else str(key))
+            found = unencodable_field(key, path) or unencodable_field(item, f"{path}.{key}" if path else str(key))
             if found:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = _unencodable_field(item, f"{path}[{index}]")
+            found = unencodable_field(item, f"{path}[{index}]")
             if found:
                 return found
     return None
@@ -226,7 +226,7 @@ class SamplingFields(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _encodable(cls, data: Any) -> Any:
-        field = _unencodable_field(data, "")
+        field = unencodable_field(data, "")
         if field:
             raise InvalidRequest(
                 f"{field}: contains a character that cannot be encoded (a lone surrogate)", param=field

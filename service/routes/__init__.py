@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
-from service.routes import chat, completions, health, models
+from service.routes import chat, completions, health, models, responses
 
 
 class ErrorBody(BaseModel):
@@ -47,7 +47,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 api_router = APIRouter(prefix="/v1", dependencies=[Security(bearer)], responses=ERROR_RESPONSES)
-for _module in (chat, completions, models):
+for _module in (chat, completions, responses, models):
     api_router.include_router(_module.router)
 
 
