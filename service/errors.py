@@ -137,7 +137,11 @@ def internal_error(request_id: str) -> EngineFailure:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
+    errors = exc.errors()
+    # Of a union's errors (`input` is a string or a list of items), the one that is not "wrong type" is in the
+    # branch the client meant: `input[0].arguments: must be a JSON object`, not `input: should be a string`.
+    specific = [error for error in errors if not str(error.get("type", "")).endswith("_type")]
+    first = (specific or errors or [{}])[0]
     if first.get("type") == "json_invalid":
         position = first.get("loc", ("body", "?"))[-1]
         detail = first.get("ctx", {}).get("error", "JSON decode error")
@@ -149,16 +153,19 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {message}" if param else message), param
 
 
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "dict", "list", "literal"}
+
+
 def _param_path(loc: tuple) -> str | None:
     """pydantic's error location as OpenAI writes a `param`: `messages[0].content`, without pydantic's union
-    branch tags (`list[TextPart]`, `function-after[...]`)."""
+    branch tags (`str`, `list[TextPart]`, `function-after[...]`, our `item:message`)."""
     path = ""
     for part in loc:
         if part == "body" and not path:
             continue
         if isinstance(part, int):
             path += f"[{part}]"
-        elif "[" not in part and "(" not in part:
+        elif not any(mark in part for mark in "[(:") and part not in _UNION_TAGS:
             path += f".{part}" if path else part
     return path or None
 

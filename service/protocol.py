@@ -106,14 +106,18 @@ class CalledFunction(BaseModel):
     @field_validator("arguments")
     @classmethod
     def _json_object(cls, arguments: str) -> str:
-        """A call in the history is re-rendered into the prompt, which needs its arguments as an object."""
-        try:
-            decoded = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
-            raise ValueError("must be a JSON object encoded as a string") from None
-        if not isinstance(decoded, dict):
-            raise ValueError("must be a JSON object encoded as a string")
-        return arguments
+        return json_object_string(arguments)
+
+
+def json_object_string(arguments: str) -> str:
+    """A call in the history is re-rendered into the prompt, which needs its arguments as a JSON object."""
+    try:
+        decoded = json.loads(arguments) if arguments.strip() else {}
+    except ValueError:
+        raise ValueError("must be a JSON object encoded as a string") from None
+    if not isinstance(decoded, dict):
+        raise ValueError("must be a JSON object encoded as a string")
+    return arguments
 
 
 class MessageToolCall(BaseModel):

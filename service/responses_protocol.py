@@ -12,12 +12,27 @@ need state kept between requests) are refused with a 400 saying to send the whol
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from service.errors import InvalidRequest
-from service.protocol import INT32_MAX, ChatCompletionRequest, FunctionName, unencodable_field
+from service.protocol import (
+    INT32_MAX,
+    ChatCompletionRequest,
+    FunctionName,
+    json_object_string,
+    unencodable_field,
+)
 
 STATELESS = "this server keeps no state between requests; send the whole conversation in input"
 UNSUPPORTED_FIELDS = {
@@ -56,6 +71,11 @@ class FunctionCallItem(BaseModel):
     id: str | None = None
     status: str | None = None
 
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, arguments: str) -> str:
+        return json_object_string(arguments)
+
 
 class FunctionCallOutputItem(BaseModel):
     type: Literal["function_call_output"]
@@ -68,7 +88,29 @@ class FunctionCallOutputItem(BaseModel):
         return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
 
 
-InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
+def _item_type(item: Any) -> str:
+    """The union tag of an input item (tags are spelled `item:...` so error paths can leave them out)."""
+    kind = item.get("type", "message") if isinstance(item, dict) else getattr(item, "type", "message")
+    return f"item:{kind}" if kind in ("message", "function_call", "function_call_output") else "item:unsupported"
+
+
+class UnsupportedItem(BaseModel):
+    type: str
+
+    @model_validator(mode="after")
+    def _refuse(self) -> UnsupportedItem:
+        raise ValueError(
+            f"items of type {self.type!r} are not supported (message, function_call, function_call_output)"
+        )
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("item:message")]
+    | Annotated[FunctionCallItem, Tag("item:function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("item:function_call_output")]
+    | Annotated[UnsupportedItem, Tag("item:unsupported")],
+    Discriminator(_item_type),
+]
 
 
 class ResponsesFunctionTool(BaseModel):
@@ -187,7 +229,14 @@ class ResponsesRequest(BaseModel):
             chat["response_format"] = {"type": "json_schema", "json_schema": schema}
         elif text_format is not None and text_format.type == "json_object":
             chat["response_format"] = {"type": "json_object"}
-        return ChatCompletionRequest.model_validate(chat)
+        try:
+            return ChatCompletionRequest.model_validate(chat)
+        except ValidationError as exc:  # what only the chat form checks (a tool's schema, say): still a 400
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise InvalidRequest(
+                f"{where}: {error['msg']}", param="tools" if where.startswith("tools") else "input"
+            ) from None
 
     def _messages(self) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []

@@ -15,6 +15,7 @@ import pytest
 from launcher import ServerProcess, service_process
 from tests.fixtures.adapters import ALPACA_JA_TEMPLATE, write_random_adapter
 from tests.fixtures.tiny_model import build_tiny_llama, build_tokenizer
+from tests.fixtures.tool_model import MAX_MODEL_LEN, build_tool_calling_model
 from tests.service.fake_engine import FakeEngine
 
 API_KEY = "test-key-123"
@@ -47,6 +48,26 @@ def server(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest
         "--api-key", API_KEY,
     ]  # fmt: skip
     with service_process(args, tmp_path_factory.mktemp("logs") / "server.log") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model fine-tuned to call tools in the default format (tests/fixtures/tool_model.py)."""
+    return build_tool_calling_model(tmp_path_factory.mktemp("models") / "tool-llama")
+
+
+@pytest.fixture(scope="session")
+def tool_server(tool_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tool model served with `tool_choice: "auto"` enabled; the parser is the default format's (hermes)."""
+    args = [
+        "--model", str(tool_model),
+        "--served-model-name", "tool",
+        "--max-model-len", str(MAX_MODEL_LEN),
+        "--enable-auto-tool-choice",
+        "--no-auth",
+    ]  # fmt: skip
+    with service_process(args, tmp_path_factory.mktemp("logs") / "tool-server.log") as proc:
         yield proc
 
 
