@@ -14,7 +14,12 @@ One chat request, top to bottom (a completions request takes the same path throu
    `Generation.start` asks `admission.py` for a place (429 with Retry-After past the server's or the key's
    limits), registers the request (metrics, drain, deadline) and sends it to `engine.py` (the only vLLM
    importer), awaiting the first step →
-6. `output.py`  `respond` turns the engine steps into SSE bytes or one JSON body, usage included.
+6. `output.py`  `respond` turns the engine steps into SSE bytes or one JSON body, usage included. With `tools`,
+   `tool_calls.py` decides how the output is constrained and read (`ToolCallPolicy`: a forced choice through a
+   grammar, `auto` through vLLM's parser in `tool_parsing.py`), and its readers turn text into `tool_calls`.
+
+`POST /v1/responses` (`routes/responses.py`) maps its request onto this same chat request
+(`responses_protocol.py`) and only writes the answer differently (`responses.py`).
 
 Errors are typed (`errors.py`) and become OpenAI's envelope at the edge; engine-neutral data types live in
 `engine_types.py`. The HTTP server binds before the model is loaded: `/health` answers at once, `/ready` stays
