@@ -71,6 +71,7 @@ class AppContext:
             s.max_queued_prompt_tokens,
         )
         self.admission = Admission(limits, self.metrics)
+        self.metrics.start_models_at_zero([served.name for served in model.registry])
         self.model = model
         self.lifecycle.loaded = True
         logger.info(

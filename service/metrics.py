@@ -105,6 +105,12 @@ class ServiceMetrics:
 
         return count
 
+    def start_models_at_zero(self, models: list[str]) -> None:
+        """Create each served model's tool-call series at 0 (dashboards and `rate()` see them before a call)."""
+        for model in models:
+            self.tool_call_responses.labels(model)
+            self.tool_call_parse_failures.labels(model)
+
     def start_at_zero(self, keys: list[str], reasons: tuple[str, ...]) -> None:
         """Create every key's rejection series at 0, so `rate()` and alerts see them before the first 429."""
         for key in keys:
