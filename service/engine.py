@@ -49,7 +49,7 @@ from service.errors import EngineFailure, InvalidRequest, Overloaded, ServiceUna
 
 logger = logging.getLogger(__name__)
 # GenerationParams fields passed to SamplingParams under the same name; the rest are mapped below.
-_MAPPED_APART = ("stop", "json_schema", "json_object", "json_schema_source")
+_MAPPED_APART = ("stop", "json_schema", "json_object", "json_schema_source", "tool_call_schema")
 _SAMPLING_FIELDS = tuple(f.name for f in fields(GenerationParams) if f.name not in _MAPPED_APART)
 # Fields whose None means "the model's generation_config value, else vLLM's own default".
 _MODEL_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
@@ -111,6 +111,29 @@ def compact_json_grammar(schema: dict[str, Any]) -> str:
             f"tools: a function's parameters cannot be used as a schema: {exc}", param="tools"
         ) from exc
     return str(grammar)
+
+
+MAX_CONSTRAINED_CALLS = 4
+
+
+def answer_or_calls_grammar(answer: dict[str, Any], call: dict[str, Any]) -> str:
+    """JSON following `answer`, or 1 to `MAX_CONSTRAINED_CALLS` default-format `<tool_call>` blocks each
+    holding a compact call following `call` (see `tool_prompt.py` for the format)."""
+    try:
+        answer_grammar = xgrammar.Grammar.from_json_schema(answer)
+        call_grammar = xgrammar.Grammar.from_json_schema(call, any_whitespace=False, separators=(", ", ": "))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise InvalidRequest(f"response_format: cannot be used as a schema: {exc}", param="response_format") from exc
+    block = xgrammar.Grammar.concat(
+        xgrammar.Grammar.from_ebnf('root ::= "<tool_call>\\n"'),
+        call_grammar,
+        xgrammar.Grammar.from_ebnf('root ::= "\\n</tool_call>"'),
+    )
+    separator = xgrammar.Grammar.from_ebnf('root ::= "\\n"')
+    calls = [block]
+    for _ in range(MAX_CONSTRAINED_CALLS - 1):
+        calls.append(xgrammar.Grammar.concat(calls[-1], separator, block))
+    return str(xgrammar.Grammar.union(answer_grammar, *calls))
 
 
 def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
@@ -226,7 +249,10 @@ class Engine:
             if values[name] is None:
                 values[name] = self.info.default_sampling.get(name, fallback)
         structured = None
-        if params.json_schema is not None:
+        if params.tool_call_schema is not None:
+            answer = params.json_schema or {"type": "object"}
+            structured = StructuredOutputsParams(grammar=answer_or_calls_grammar(answer, params.tool_call_schema))
+        elif params.json_schema is not None:
             if params.json_schema_source == "tools":
                 structured = StructuredOutputsParams(grammar=compact_json_grammar(params.json_schema))
             else:

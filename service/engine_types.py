@@ -40,6 +40,9 @@ class GenerationParams:
     # Where `json_schema` came from: the client's response_format, or the tools of a forced tool choice (then
     # written without optional whitespace: compact calls, and no model can pad them until max_tokens).
     json_schema_source: Literal["response_format", "tools"] = "response_format"
+    # With json_schema (or json_object): the output may instead be default-format `<tool_call>` blocks, each a
+    # JSON object following this schema (`tool_choice: "auto"` with a JSON `response_format`).
+    tool_call_schema: dict[str, Any] | None = None
     skip_special_tokens: bool = True  # False when a tool parser looks for special call tokens
 
 

@@ -67,17 +67,21 @@ class FunctionDefinition(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _json_schema_object(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        """OpenAI takes a JSON-schema *object* (arguments are an object); anything else is refused here, not by
-        the structured-output backend later."""
-        if schema is None:
-            return None
-        if schema.get("type", "object") != "object":
-            raise ValueError(f"must be a JSON schema of type 'object', got type {schema.get('type')!r}")
-        try:
-            validator_for(schema).check_schema(schema)
-        except SchemaError as exc:
-            raise ValueError(f"is not a valid JSON schema: {exc.message}") from None
-        return schema
+        return json_schema_object(schema)
+
+
+def json_schema_object(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI takes a JSON-schema *object* for a function's parameters (arguments are an object); anything
+    else is refused here, not by the structured-output backend later."""
+    if schema is None:
+        return None
+    if schema.get("type", "object") != "object":
+        raise ValueError(f"must be a JSON schema of type 'object', got type {schema.get('type')!r}")
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"is not a valid JSON schema: {exc.message}") from None
+    return schema
 
 
 class FunctionTool(BaseModel):
@@ -295,12 +299,6 @@ class ChatCompletionRequest(SamplingFields):
         check_tools(self.tools, self.tool_choice)
         if self.logprobs and self.tools and self.tool_choice_mode() != "none":
             raise InvalidRequest("logprobs: not supported together with tools", param="logprobs")
-        forced = self.tool_choice_mode() in ("required", "named")
-        if forced and self.response_format is not None and self.response_format.type != "text":
-            raise InvalidRequest(
-                "response_format: cannot be combined with a forced tool_choice (the output is the call)",
-                param="response_format",
-            )
         check_tool_history(self.messages)
         return self
 

@@ -31,6 +31,7 @@ from service.protocol import (
     ChatCompletionRequest,
     FunctionName,
     json_object_string,
+    json_schema_object,
     unencodable_field,
 )
 
@@ -121,6 +122,11 @@ class ResponsesFunctionTool(BaseModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _json_schema_object(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        return json_schema_object(schema)
 
 
 class NamedFunction(BaseModel):

@@ -8,11 +8,11 @@ mapping code; only the endpoint-specific ones (output budget, logprobs, structur
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
 
 from service.engine_types import GenerationParams
 from service.errors import InvalidRequest
 from service.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from service.tool_calls import ToolCallPolicy
 
 _SPELLED_OUT = ("max_tokens", "stop", "logprobs")
 _SHARED = tuple(
@@ -24,11 +24,11 @@ def generation_params(
     body: ChatCompletionRequest | CompletionRequest,
     num_prompt_tokens: int,
     max_model_len: int,
-    tool_constraint: dict[str, Any] | None = None,
+    tools: ToolCallPolicy | None = None,
     keep_special_tokens: bool = False,
 ) -> GenerationParams:
-    """The engine settings for one prompt of `body` that is `num_prompt_tokens` long. A forced tool choice
-    brings `tool_constraint`, the JSON schema its output must follow (`tool_calls.ToolCallPolicy`)."""
+    """The engine settings for one prompt of `body` that is `num_prompt_tokens` long. `tools` (chat) says how
+    tool calls constrain the output: a forced choice's schema, or calls allowed next to a JSON answer."""
     shared = {name: getattr(body, name) for name in _SHARED}
     stop = tuple(body.stop_list())
     is_chat = isinstance(body, ChatCompletionRequest)
@@ -39,6 +39,8 @@ def generation_params(
         requested, num_prompt_tokens, max_model_len, prompt_param="messages" if is_chat else "prompt"
     )
     if is_chat:
+        tool_constraint = tools.constraint() if tools else None
+        tool_call_schema = tools.call_alternative() if tools else None
         response_format = body.response_format
         kind = response_format.type if response_format else "text"
         schema = None
@@ -51,6 +53,7 @@ def generation_params(
             json_schema=tool_constraint or schema,
             json_object=kind == "json_object" and tool_constraint is None,
             json_schema_source="tools" if tool_constraint else "response_format",
+            tool_call_schema=tool_call_schema if tool_constraint is None else None,
             skip_special_tokens=not keep_special_tokens,
             **shared,
         )

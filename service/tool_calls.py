@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import tool_prompt
 from service.errors import InvalidRequest
 from service.protocol import ChatCompletionRequest
 
@@ -141,15 +142,18 @@ class ToolCallPolicy:
     functions: tuple[dict[str, Any], ...] = ()  # name, description, parameters of each tool
     named: str | None = None
     parallel: bool = True
+    json_answer: bool = False  # a JSON response_format was asked for too
+    parsing: CallParsing | None = None  # the server's parser for `auto` (None: auto is refused)
 
     @classmethod
-    def of(cls, body: ChatCompletionRequest) -> ToolCallPolicy:
+    def of(cls, body: ChatCompletionRequest, parsing: CallParsing | None) -> ToolCallPolicy:
         mode = body.tool_choice_mode()
         if mode == "none":
             return cls("none")
         functions = tuple(tool.function.model_dump(exclude_none=True) for tool in body.tools or ())
         named = body.tool_choice.function.name if mode == "named" else None  # type: ignore[union-attr]
-        return cls(mode, functions, named, body.parallel_tool_calls is not False)
+        json_answer = body.response_format is not None and body.response_format.type != "text"
+        return cls(mode, functions, named, body.parallel_tool_calls is not False, json_answer, parsing)
 
     def rendered_tools(self) -> list[dict[str, Any]] | None:
         """The tools to show the model in its prompt: none when it must not call any."""
@@ -158,28 +162,18 @@ class ToolCallPolicy:
         return [{"type": "function", "function": function} for function in self.functions]
 
     def constraint(self) -> dict[str, Any] | None:
-        """The JSON schema the output must follow for a forced choice (None for `auto` and `none`)."""
+        """The JSON schema the output must follow for a forced choice (None for `auto` and `none`). A forced
+        choice wins over `response_format` (the output is the call; the Agents SDK sends both, as vLLM allows)."""
         if self.mode == "named":
             return self._parameters(self.named) or empty_object_schema()
         if self.mode != "required":
             return None
-        calls = [
-            {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string", "enum": [f["name"]]},
-                    "parameters": f.get("parameters") or empty_object_schema(),
-                },
-                "required": ["name", "parameters"],
-            }
-            for f in self.functions
-        ]
-        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": calls}}
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": self._calls("parameters")}}
         if not self.parallel:
             schema["maxItems"] = 1
         return schema
 
-    def readers(self, num_choices: int, parsing: CallParsing | None) -> list[ToolCallReader] | None:
+    def readers(self, num_choices: int) -> list[ToolCallReader] | None:
         """One reader per choice (None when the output is plain text); 400 for `auto` on a server that
         cannot read calls, as vLLM's server answers."""
         if self.mode == "none":
@@ -188,9 +182,37 @@ class ToolCallPolicy:
             return [NamedCallReader(self.named or "") for _ in range(num_choices)]
         if self.mode == "required":
             return [RequiredCallsReader(self.parallel) for _ in range(num_choices)]
-        if parsing is None:
+        if self.parsing is None:
             raise InvalidRequest(AUTO_NEEDS_PARSER, param="tool_choice")
-        return [parsing.reader(self.functions, self.parallel) for _ in range(num_choices)]
+        return [self.parsing.reader(self.functions, self.parallel) for _ in range(num_choices)]
+
+    def call_alternative(self) -> dict[str, Any] | None:
+        """With `auto` and a JSON `response_format`, the schema of one call in the default format's
+        `<tool_call>` blocks: the output is then constrained to the answer's JSON *or* calls (otherwise the format
+        would leave the model no way to call, vLLM #39929). Only the hermes format is known well enough to
+        allow it; with another parser the combination is refused rather than one of the two dropped."""
+        if self.mode != "auto" or not self.json_answer:
+            return None
+        if self.parsing is None or self.parsing.name != tool_prompt.DEFAULT_TOOL_PARSER:
+            raise InvalidRequest(
+                f'response_format: with tool_choice "auto" it needs the {tool_prompt.DEFAULT_TOOL_PARSER} tool '
+                'format; send tool_choice "none" or a forced choice, or serve with that parser',
+                param="response_format",
+            )
+        return {"anyOf": self._calls("arguments")}
+
+    def _calls(self, arguments_key: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": [f["name"]]},
+                    arguments_key: f.get("parameters") or empty_object_schema(),
+                },
+                "required": ["name", arguments_key],
+            }
+            for f in self.functions
+        ]
 
     def _parameters(self, name: str | None) -> dict[str, Any] | None:
         return next((f.get("parameters") for f in self.functions if f["name"] == name), None)

@@ -23,13 +23,13 @@ async def create_chat_completion(
     """Chat completion, rendered with the model's (or adapter's) chat template; tool calls read from the output."""
     served = model.registry.resolve(body.model)
     call.record.model = served.name
-    tools = ToolCallPolicy.of(body)
-    readers = tools.readers(body.n, model.tool_parsing)
+    tools = ToolCallPolicy.of(body, model.tool_parsing)
+    readers = tools.readers(body.n)
     prompt = await render_chat(
         model.tokenizer, body.messages, tools.rendered_tools(), served.chat_template, model.max_prompt_chars
     )
     keep_special = bool(readers and readers[0].keeps_special_tokens)
-    params = generation_params(body, len(prompt), model.max_model_len, tools.constraint(), keep_special)
+    params = generation_params(body, len(prompt), model.max_model_len, tools, keep_special)
     generation = await Generation.start(context, model.engine, served, "chat", [prompt], [params], call)
     count = context.metrics.tool_call_counter(served.name) if readers else None
     shape = ChatShape(body.n, (body.top_logprobs or 0) if body.logprobs else None, readers, count)

@@ -24,13 +24,13 @@ async def create_response(
     chat = body.chat_request()
     served = model.registry.resolve(chat.model)
     call.record.model = served.name
-    tools = ToolCallPolicy.of(chat)
-    readers = tools.readers(1, model.tool_parsing)
+    tools = ToolCallPolicy.of(chat, model.tool_parsing)
+    readers = tools.readers(1)
     prompt = await render_chat(
         model.tokenizer, chat.messages, tools.rendered_tools(), served.chat_template, model.max_prompt_chars
     )
     keep_special = bool(readers and readers[0].keeps_special_tokens)
-    params = generation_params(chat, len(prompt), model.max_model_len, tools.constraint(), keep_special)
+    params = generation_params(chat, len(prompt), model.max_model_len, tools, keep_special)
     generation = await Generation.start(context, model.engine, served, "responses", [prompt], [params], call)
     count = context.metrics.tool_call_counter(served.name)
     return await respond(request, generation, body, readers[0] if readers else None, count)

@@ -117,6 +117,15 @@ def test_empty_arguments_are_streamed_as_an_object(tools_client):
     assert [(c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [("get_time", "{}")]
 
 
+def test_auto_with_a_json_answer_can_still_call(tools_client):
+    """`auto` plus a JSON response_format (the Agents SDK's output_type): calls or the JSON answer, not only JSON."""
+    answer = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    choice = ask(tools_client, "weather", response_format=answer).choices[0]
+    assert calls_of(choice.message) == list(CASES["weather"].calls)
+    prose = ask(tools_client, "hello", response_format=answer, max_tokens=24).choices[0]
+    assert prose.message.tool_calls or prose.message.content.startswith(("{", "<tool_call>"))  # never "Hello!"
+
+
 def test_tool_choice_none_shows_no_tools(tools_client):
     """`none`: the tools are not in the prompt, so the model that calls on sight answers in prose."""
     choice = ask(tools_client, "weather", tool_choice="none", max_tokens=16).choices[0]
@@ -244,7 +253,7 @@ def test_tool_history_is_accepted_and_rendered(server):
 
 
 def policy(**fields) -> ToolCallPolicy:
-    return ToolCallPolicy.of(ChatCompletionRequest.model_validate({"model": "m", "messages": [USER], **fields}))
+    return ToolCallPolicy.of(ChatCompletionRequest.model_validate({"model": "m", "messages": [USER], **fields}), None)
 
 
 def test_policy_constraints():
