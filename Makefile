@@ -13,6 +13,15 @@ ARGS ?=
 AUTH ?= $(if $(TSUMUGI_API_KEYS)$(TSUMUGI_API_KEYS_FILE),,--no-auth)
 PYTEST_ARGS ?=
 
+# $(call fresh_venv,DIR,REQUIREMENTS): a new virtualenv at DIR with pinned pip and the pinned requirements.
+define fresh_venv
+	rm -rf $(1)
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/pip install -q pip==26.3
+	$(1)/bin/pip install -q -r $(2)
+	touch $(1)/.installed
+endef
+
 .PHONY: all serve test lint format test-serve test-train test-deploy bench bench-train train clean loadtest
 
 all: .venv-serve/.installed .venv-train/.installed
@@ -37,11 +46,7 @@ serve: .venv-serve/.installed $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT
 
 # ---- training environment (see training/README.md) -----------------------------------------------------
 .venv-train/.installed: requirements/train.txt
-	rm -rf .venv-train
-	$(PYTHON) -m venv .venv-train
-	.venv-train/bin/pip install -q pip==26.3
-	.venv-train/bin/pip install -q -r requirements/train.txt
-	touch $@
+	$(call fresh_venv,.venv-train,requirements/train.txt)
 
 train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training demo
@@ -57,8 +62,13 @@ format: .venv-serve/.installed
 	.venv-serve/bin/ruff check --fix .
 	.venv-serve/bin/ruff format .
 
-test-serve: .venv-serve/.installed $(DEFAULT_MODEL)/config.json
+test-serve: .venv-serve/.installed .venv-clients/.installed $(DEFAULT_MODEL)/config.json
 	$(SERVE_PY) -m pytest tests/service $(PYTEST_ARGS)
+
+# LangChain, instructor and the OpenAI Agents SDK, which cannot live next to vLLM's pins (see
+# requirements/clients.txt); tests/service/test_clients.py runs them here as subprocesses against the service.
+.venv-clients/.installed: requirements/clients.txt
+	$(call fresh_venv,.venv-clients,requirements/clients.txt)
 
 test-train: .venv-train/.installed .venv-serve/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m pytest tests/training $(PYTEST_ARGS)
@@ -73,11 +83,7 @@ test-deploy: .venv-tools/.installed .venv-serve/.installed .venv-loadtest/.insta
 tools: .venv-tools/.installed prometheus-installed
 
 .venv-tools/.installed: requirements/tools.txt
-	rm -rf .venv-tools
-	$(PYTHON) -m venv .venv-tools
-	.venv-tools/bin/pip install -q pip==26.3
-	.venv-tools/bin/pip install -q -r requirements/tools.txt
-	touch $@
+	$(call fresh_venv,.venv-tools,requirements/tools.txt)
 
 # Debian's prometheus package: a real Prometheus 2.42 server plus promtool, installed only when missing.
 prometheus-installed:
@@ -91,11 +97,7 @@ TARGET ?= http://127.0.0.1:$(PORT)
 PROFILE ?= sweep
 
 .venv-loadtest/.installed: requirements/loadtest.txt
-	rm -rf .venv-loadtest
-	$(PYTHON) -m venv .venv-loadtest
-	.venv-loadtest/bin/pip install -q pip==26.3
-	.venv-loadtest/bin/pip install -q -r requirements/loadtest.txt
-	touch $@
+	$(call fresh_venv,.venv-loadtest,requirements/loadtest.txt)
 
 loadtest: .venv-loadtest/.installed
 	.venv-loadtest/bin/python -m deploy.loadtest --target $(TARGET) --model $(MODEL) --profile $(PROFILE) $(ARGS)
@@ -109,4 +111,4 @@ bench-train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training.bench
 
 clean:
-	rm -rf .venv-serve .venv-train .venv-tools .venv-loadtest .pytest_cache .ruff_cache
+	rm -rf .venv-serve .venv-train .venv-tools .venv-loadtest .venv-clients .pytest_cache .ruff_cache
