@@ -49,3 +49,23 @@ def test_bad_settings_are_rejected(kwargs):
 def test_cli_reports_bad_configuration_and_exits_2(capsys):
     assert main(["--port", "-1"]) == 2
     assert "invalid configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tool-call-parser", "hermes"], "--tool-call-parser is used only with --enable-auto-tool-choice"),
+        (["--enable-auto-tool-choice", "--tool-call-parser", "no-such-parser"], "no-such-parser: unknown"),
+        (["--chat-template", "/no/such/template.jinja"], "no such file"),
+    ],
+)
+def test_tool_flags_are_checked_before_loading(capsys, flags: list[str], message: str):
+    assert main(["--no-auth", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_chat_template_flag_reads_a_file_or_takes_the_template(tmp_path: Path):
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (tmp_path / "t.jinja").write_text(template)
+    assert Settings(no_auth=True, chat_template=str(tmp_path / "t.jinja")).read_chat_template() == template
+    assert Settings(no_auth=True, chat_template=template).read_chat_template() == template
