@@ -48,6 +48,19 @@ def unencodable_field(value: Any, path: str) -> str | None:
     return None
 
 
+def refuse_unusable(data: Any, unsupported: dict[str, str]) -> Any:
+    """A raw request body, checked before pydantic reads it: no unencodable text anywhere, and none of the
+    `unsupported` fields (name → why), each refused by name."""
+    field = unencodable_field(data, "")
+    if field:
+        raise InvalidRequest(f"{field}: contains a character that cannot be encoded (a lone surrogate)", param=field)
+    if isinstance(data, dict):
+        for name, reason in unsupported.items():
+            if data.get(name) is not None:
+                raise InvalidRequest(f"{name}: {reason}", param=name)
+    return data
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str
@@ -234,16 +247,7 @@ class SamplingFields(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _encodable(cls, data: Any) -> Any:
-        field = unencodable_field(data, "")
-        if field:
-            raise InvalidRequest(
-                f"{field}: contains a character that cannot be encoded (a lone surrogate)", param=field
-            )
-        if isinstance(data, dict):
-            for name, reason in UNSUPPORTED_FIELDS.items():
-                if data.get(name) is not None:
-                    raise InvalidRequest(f"{name}: {reason}", param=name)
-        return data
+        return refuse_unusable(data, UNSUPPORTED_FIELDS)
 
     @model_validator(mode="after")
     def _check_bookkeeping(self) -> SamplingFields:

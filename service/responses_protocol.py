@@ -29,10 +29,10 @@ from service.errors import InvalidRequest
 from service.protocol import (
     INT32_MAX,
     ChatCompletionRequest,
+    FunctionDefinition,
     FunctionName,
     json_object_string,
-    json_schema_object,
-    unencodable_field,
+    refuse_unusable,
 )
 
 STATELESS = "this server keeps no state between requests; send the whole conversation in input"
@@ -114,19 +114,10 @@ InputItem = Annotated[
 ]
 
 
-class ResponsesFunctionTool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResponsesFunctionTool(FunctionDefinition):
+    """A function tool, flat: chat's function definition with the `type` beside its fields."""
 
     type: Literal["function"]
-    name: FunctionName
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _json_schema_object(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        return json_schema_object(schema)
 
 
 class NamedFunction(BaseModel):
@@ -176,16 +167,7 @@ class ResponsesRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse(cls, data: Any) -> Any:
-        field = unencodable_field(data, "")
-        if field:
-            raise InvalidRequest(
-                f"{field}: contains a character that cannot be encoded (a lone surrogate)", param=field
-            )
-        if isinstance(data, dict):
-            for name, reason in UNSUPPORTED_FIELDS.items():
-                if data.get(name) is not None:
-                    raise InvalidRequest(f"{name}: {reason}", param=name)
-        return data
+        return refuse_unusable(data, UNSUPPORTED_FIELDS)
 
     @model_validator(mode="after")
     def _check(self) -> ResponsesRequest:
