@@ -1,12 +1,17 @@
 """`make bench`: our service vs vLLM's own OpenAI server, same model, same engine settings, same load.
 
 Load: vLLM's own serving benchmark (`vllm.benchmarks.serve`), random 64-token prompts, 64 output tokens,
-ignore_eos, 300 requests at concurrency 32. Two workloads, each with its own section of BENCHMARKS.md:
+ignore_eos, 300 requests at concurrency 32. Three workloads, each with its own section of BENCHMARKS.md:
 
 - `smollm2-completions`: SmolLM2-135M-Instruct on `/v1/completions` (`## Serving`);
 - `tiny-chat`: the tiny random test model on `/v1/chat/completions` (`## Serving: tiny model, chat`). Its forward
   pass is nearly free, so what the two servers do around the engine (chat templating, SSE, detokenising)
-  decides the numbers: the workload where our API layer's own cost shows.
+  decides the numbers: the workload where our API layer's own cost shows;
+- `tiny-chat-tools`: the same load with one function tool and `tool_choice: "auto"` in every request
+  (`## Serving: tiny model, chat with tools`), both servers started with `--enable-auto-tool-choice
+  --tool-call-parser hermes` and the same tool-rendering template, `bench/chatml_tools.jinja`, so that their
+  prompts are the same text. The random model answers in prose, so every token goes through the parser's
+  streaming path: what reading tool calls costs each server.
 
 Servers run one at a time (two at once skew each other on 2 cores), alternating for several rounds; vLLM's
 server here is bimodal (about half its runs have a ~2 s stall wave), so we compare per-round ratios and their
@@ -41,10 +46,31 @@ REPORTED = (
     "median_itl_ms",
     "median_e2el_ms",
     "completed",
+    "total_input_tokens",
 )
 # Same engine memory for both servers; PYTHONUNBUFFERED keeps both logs current while a round runs.
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "4", "PYTHONUNBUFFERED": "1"}
 TINY_MODEL = "runs/bench-tiny-model"
+TOOLS_TEMPLATE = "bench/chatml_tools.jinja"
+# The tool block adds about 370 prompt tokens to tiny-chat's 64 (the tiny tokenizer splits JSON finely).
+TOOLS_MAX_MODEL_LEN = 1024
+TOOL_FLAGS = ("--chat-template", TOOLS_TEMPLATE, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+# The one tool of every tiny-chat-tools request (sent through vllm.benchmarks.serve's --extra-body).
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name, e.g. Tokyo"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
 
 
 def build_tiny_model() -> None:
@@ -66,6 +92,11 @@ class Workload:
     engine_flags: tuple[str, ...]
     rounds: int
     prepare: Callable[[], None] | None = None
+    server_flags: tuple[str, ...] = ()  # API flags, the same for both servers
+    tsumugi_flags: tuple[str, ...] = ()  # ours only: settings vLLM's server has no counterpart for
+    extra_body: dict | None = None  # merged into every request's body
+    throughput_target: str = ">= 1.05"
+    itl_target: str | None = "<= 1.0"
 
 
 WORKLOADS = {
@@ -90,15 +121,33 @@ WORKLOADS = {
             rounds=4,
             prepare=build_tiny_model,
         ),
+        Workload(
+            name="tiny-chat-tools",
+            heading="## Serving: tiny model, chat with tools",
+            model=TINY_MODEL,
+            backend="openai-chat",
+            endpoint="/v1/chat/completions",
+            engine_flags=("--dtype", "float32", "--max-model-len", str(TOOLS_MAX_MODEL_LEN)),
+            rounds=4,
+            prepare=build_tiny_model,
+            server_flags=TOOL_FLAGS,
+            # Admission control's default queue (4 prefill steps, 8,192 prompt tokens) refuses part of the opening
+            # burst of 32 prompts of ~440 tokens with 429; vLLM's server has no such limit, so ours gets room for
+            # every request of the load: concurrency x max_model_len.
+            tsumugi_flags=("--max-queued-prompt-tokens", str(FULL_CONCURRENCY * TOOLS_MAX_MODEL_LEN)),
+            extra_body={"tools": [WEATHER_TOOL], "tool_choice": "auto"},
+            throughput_target=">= 1.0",
+            itl_target=None,
+        ),
     )
 }
 
 
 def server_process(name: str, workload: Workload, log: Path) -> ServerProcess:
     """Ours (ready on /ready) or vLLM's own OpenAI server (ready on /health), not started yet."""
-    args = ["--model", workload.model, *workload.engine_flags]
+    args = ["--model", workload.model, *workload.engine_flags, *workload.server_flags]
     if name == "tsumugi":
-        return service_process([*args, "--no-auth"], log, env=SERVER_ENV)
+        return service_process([*args, *workload.tsumugi_flags, "--no-auth"], log, env=SERVER_ENV)
     port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args, "--host", HOST, "--port", str(port)]
     return ServerProcess(argv, log, port=port, ready_path="/health", env=SERVER_ENV, name="vllm")
@@ -118,6 +167,7 @@ def run_load(port: int, workload: Workload, num_prompts: int, concurrency: int) 
             "--random-output-len", str(OUTPUT_TOKENS),
             "--ignore-eos", "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
             "--seed", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
+            *(["--extra-body", json.dumps(workload.extra_body)] if workload.extra_body else []),
         ]
     )  # fmt: skip
     return main(args)
@@ -145,6 +195,7 @@ def write_report(workload: Workload, rounds: list[dict], args: argparse.Namespac
         f"- Model: {workload.model} ({' '.join(workload.engine_flags)}); load: vllm.benchmarks.serve "
         f"`--backend {workload.backend}`, random {INPUT_TOKENS}-in/{OUTPUT_TOKENS}-out, ignore_eos, "
         f"{args.num_prompts} requests, concurrency {args.concurrency}, {workload.endpoint}.",
+        *tools_lines(workload, rounds),
         "- Servers alternate one at a time; ratio = tsumugi / vLLM's own server in the same round.",
         "",
         "| round | server | output tok/s | median TTFT ms | p99 TTFT ms | median ITL ms | median E2E ms |",
@@ -159,15 +210,23 @@ def write_report(workload: Workload, rounds: list[dict], args: argparse.Namespac
             )
     lines.append("")
     for label, key, target in (
-        ("Throughput", "output_throughput", ">= 1.05"),
+        ("Throughput", "output_throughput", workload.throughput_target),
         ("Median-TTFT", "median_ttft_ms", "<= 1.0"),
-        ("Median-ITL", "median_itl_ms", "<= 1.0"),
+        ("Median-ITL", "median_itl_ms", workload.itl_target),
     ):
         per_round = ratios(rounds, key)
         lines.append(
             f"- {label} ratio per round: {', '.join(f'{x:.3f}' for x in per_round)}; "
-            f"**median {statistics.median(per_round):.3f}x** (target {target})."
+            f"**median {statistics.median(per_round):.3f}x** ({f'target {target}' if target else 'no target'})."
         )
+    failed = [
+        f"{name} {r[name]['completed']}/{args.num_prompts} (round {i})"
+        for i, r in enumerate(rounds, 1)
+        for name in SERVER_NAMES
+        if (r[name]["completed"] or 0) < args.num_prompts
+    ]
+    if failed:
+        lines.append(f"- Not every request completed: {', '.join(failed)}; throughput counts completed ones only.")
     bursty = [name for name in SERVER_NAMES if any((r[name]["median_itl_ms"] or 0) < 0.1 for r in rounds)]
     if bursty:
         lines.append(
@@ -175,6 +234,33 @@ def write_report(workload: Workload, rounds: list[dict], args: argparse.Namespac
             "the gap between chunks), so the ITL ratio flatters that server; read TTFT and E2E instead."
         )
     return "\n".join(lines) + "\n"
+
+
+def tools_lines(workload: Workload, rounds: list[dict]) -> list[str]:
+    """What a workload with tools adds to every request and to both servers' flags, and the prompt lengths the
+    servers reported (the same template should give the same prompt tokens on both)."""
+    if not workload.extra_body:
+        return []
+    tools = ", ".join(tool["function"]["name"] for tool in workload.extra_body.get("tools", []))
+    choice = json.dumps(workload.extra_body.get("tool_choice"))
+    lines = [
+        f"- Every request also carries `tools` ({tools}) and `tool_choice: {choice}` (`--extra-body`); "
+        f"both servers: `{' '.join(workload.server_flags)}`"
+        + (f"; ours also `{' '.join(workload.tsumugi_flags)}`." if workload.tsumugi_flags else "."),
+    ]
+    per_request: dict[str, list[float]] = {name: [] for name in SERVER_NAMES}
+    for r in rounds:
+        for name in SERVER_NAMES:
+            m = r[name]
+            if m.get("completed") and m.get("total_input_tokens"):  # logs of older runs have no input tokens
+                per_request[name].append(m["total_input_tokens"] / m["completed"])
+    if all(per_request.values()):
+        lines.append(
+            "- Prompt tokens per request as the servers counted them (usage): "
+            + ", ".join(f"{name} {statistics.mean(v):.1f}" for name, v in per_request.items())
+            + "."
+        )
+    return lines
 
 
 def replace_section(text: str, section: str) -> str:
@@ -228,7 +314,7 @@ def run_workload(workload: Workload, args: argparse.Namespace, log_dir: Path) ->
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.serving")
     parser.add_argument("--only", action="append", choices=list(WORKLOADS), help="run only this workload (repeatable)")
-    parser.add_argument("--rounds", type=int, help="rounds per workload (default: smollm2 3, tiny-chat 4)")
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default: smollm2 3, the tiny ones 4)")
     parser.add_argument("--num-prompts", type=int, default=FULL_NUM_PROMPTS)
     parser.add_argument("--concurrency", type=int, default=FULL_CONCURRENCY)
     parser.add_argument("--no-write", action="store_true", help="print the report, leave BENCHMARKS.md alone")
