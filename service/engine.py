@@ -27,7 +27,7 @@ import xgrammar
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError, VLLMValidationError
-from vllm.inputs import TokensPrompt
+from vllm.inputs.engine import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -288,7 +288,7 @@ class Engine:
         structured = params.json_schema is not None or params.json_object
         num_tokens = 0
         stream = self._llm.generate(
-            TokensPrompt(prompt_token_ids=prompt_token_ids),
+            tokens_input(prompt_token_ids),
             sampling,
             request_id,
             lora_request=self.lora_request(adapter),

@@ -251,8 +251,7 @@ class ChatShape:
         if self.readers is not None:
             return self._stream_with_tools(self.readers[delta.index], delta)
         if delta.finish_reason is None and delta.logprobs is None:  # the per-token case: encode the text alone
-            content = _encode_text(delta.text)
-            return [f'{{"index":{delta.index},"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}']
+            return [_content_choice(delta.index, delta.text)]
         choice: dict = {
             "index": delta.index,
             "delta": {"content": delta.text} if delta.text else {},
@@ -267,7 +266,7 @@ class ChatShape:
         """Content, then each call's opening and argument fragments, then (at the end) the finish reason alone."""
         index = delta.index
         piece = reader.feed(delta.text, delta.token_ids)
-        choices = [_chat_chunk_choice(index, {"content": piece.content})] if piece.content else []
+        choices = [_content_choice(index, piece.content)] if piece.content else []
         calls = piece.calls
         if delta.finish_reason is not None:
             last_calls, finish_reason = reader.finish(delta.finish_reason)
@@ -297,6 +296,11 @@ class ChatShape:
     def _count(self, called: bool, reader: ToolCallReader) -> None:
         if self._count_tool_calls is not None:
             self._count_tool_calls(called, getattr(reader, "num_parse_failures", 0))
+
+
+def _content_choice(index: int, text: str) -> str:
+    """A chat chunk's choice carrying only text, written without a dict: this runs once per token."""
+    return f'{{"index":{index},"delta":{{"content":{_encode_text(text)}}},"logprobs":null,"finish_reason":null}}'
 
 
 def _chat_chunk_choice(index: int, delta: dict, finish_reason: str | None = None) -> str:

@@ -8,6 +8,7 @@ fixed by OpenAI, not by us.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Annotated, Any, Literal
 
@@ -90,11 +91,20 @@ def json_schema_object(schema: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     if schema.get("type", "object") != "object":
         raise ValueError(f"must be a JSON schema of type 'object', got type {schema.get('type')!r}")
+    error = _schema_error(json.dumps(schema, sort_keys=True))
+    if error is not None:
+        raise ValueError(f"is not a valid JSON schema: {error}")
+    return schema
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_error(canonical: str) -> str | None:
+    schema = json.loads(canonical)
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
-        raise ValueError(f"is not a valid JSON schema: {exc.message}") from None
-    return schema
+        return exc.message
+    return None
 
 
 class FunctionTool(BaseModel):
