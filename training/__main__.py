@@ -1,4 +1,4 @@
-"""`python -m training <command>`: sft, merge, quantize, memory, demo.
+"""`python -m training <command>`: sft, merge, quantize, memory, demo, tool-demo.
 
 Only the chosen command's arguments are defined, and each command imports its libraries itself, so `memory`
 runs on the standard library alone (no torch, pydantic or httpx) and stays instant. A user mistake (a
@@ -79,12 +79,19 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     add(p)
 
 
+def add_tool_demo_arguments(p: argparse.ArgumentParser) -> None:
+    from training.tool_demo import add_tool_demo_arguments as add
+
+    add(p)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {  # name: (help, arguments)
     "sft": ("LoRA / QLoRA supervised fine-tuning", add_sft_arguments),
     "merge": ("merge a LoRA adapter into its base model", add_merge_arguments),
     "quantize": ("AWQ or GPTQ W4A16 with llm-compressor", add_quantize_arguments),
     "memory": ("predict GPU memory for serving or fine-tuning", add_memory_arguments),
     "demo": ("LoRA on the Japanese sample, then the before/after table", add_demo_arguments),
+    "tool-demo": ("LoRA on the tool-calling sample, then base vs adapter calls", add_tool_demo_arguments),
 }
 
 

@@ -5,7 +5,8 @@ Accepted inputs:
 * Alpaca records — `instruction` (non-empty string), `input` (string, optional, may be empty), `output`
   (non-empty string) — from a `.json` file (a JSON array) or a `.jsonl` file (one object per line);
 * chat records — `messages`: a list of `{"role": "system"|"user"|"assistant", "content": str}` ending with an
-  assistant message — from `.jsonl`.
+  assistant message — from `.jsonl`; with `tools`, assistant `tool_calls` and `tool` results in OpenAI's shape
+  (checked in `training/tool_records.py`).
 
 A bad record stops the run with an error naming the file, the line (JSONL) or record number (JSON) and the
 field. With `skip_invalid=True` bad records are skipped instead, and every skipped record is reported, so
@@ -19,14 +20,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.errors import TrainingError
+from training.errors import DataError
 from training.templates import Message
+from training.tool_records import ToolCalls, parse_tools
 
-ROLES = ("system", "user", "assistant")
-
-
-class DataError(TrainingError):
-    """A record (or a whole file) that cannot be used, with where it is."""
+ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,7 @@ class AlpacaRecord:
 class ChatRecord:
     messages: tuple[Message, ...]
     source: str
+    tools: tuple[dict, ...] | None = None  # OpenAI function tools the assistant may call
 
 
 Record = AlpacaRecord | ChatRecord
@@ -124,7 +123,7 @@ def parse_record(raw: object, location: str) -> Record:
     if not isinstance(raw, dict):
         raise DataError(f"{location}: a record must be a JSON object, got {type(raw).__name__}")
     if "messages" in raw:
-        return _parse_chat(raw["messages"], location)
+        return _parse_chat(raw, location)
     instruction = _required_text(raw, "instruction", location)
     input_text = raw.get("input", "")
     if input_text is None:
@@ -146,34 +145,53 @@ def _required_text(raw: dict, name: str, location: str) -> str:
     return value
 
 
-def _parse_chat(messages: object, location: str) -> ChatRecord:
+def _parse_chat(raw: dict, location: str) -> ChatRecord:
+    tools = parse_tools(raw["tools"], location) if raw.get("tools") is not None else None
+    messages = raw["messages"]
     if not isinstance(messages, list) or not messages:
-        raise DataError(f"{location}: field 'messages': must be a non-empty list")
-    parsed = []
-    for index, message in enumerate(messages):
-        where = f"{location}: field 'messages[{index}]'"
-        if not isinstance(message, dict):
-            raise DataError(f"{where}: must be an object with 'role' and 'content'")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise DataError(f"{where}.role: must be one of {list(ROLES)}, got {role!r}")
-        if not isinstance(content, str):
-            raise DataError(f"{where}.content: must be a string, got {type(content).__name__}")
-        parsed.append(Message(role=role, content=content))
-    if parsed[-1].role != "assistant" or not parsed[-1].content.strip():
-        raise DataError(f"{location}: field 'messages': must end with a non-empty assistant message")
+        raise DataError.in_field(location, "messages", "must be a non-empty list")
+    calls = ToolCalls(location, tools)
+    parsed = [_parse_message(message, f"messages[{index}]", calls) for index, message in enumerate(messages)]
+    last = parsed[-1]
+    if last.role != "assistant" or not (last.content.strip() or last.tool_calls):
+        raise DataError.in_field(location, "messages", "must end with a non-empty assistant message")
     if not any(m.role == "user" for m in parsed):
-        raise DataError(f"{location}: field 'messages': needs at least one user message")
-    return ChatRecord(messages=tuple(parsed), source=location)
+        raise DataError.in_field(location, "messages", "needs at least one user message")
+    return ChatRecord(messages=tuple(parsed), source=location, tools=tools)
+
+
+def _parse_message(message: object, path: str, calls: ToolCalls) -> Message:
+    if not isinstance(message, dict):
+        raise DataError.in_field(calls.location, path, "must be an object with 'role' and 'content'")
+    role, content = message.get("role"), message.get("content")
+    if role not in ROLES:
+        raise DataError.in_field(calls.location, f"{path}.role", f"must be one of {list(ROLES)}, got {role!r}")
+    calls.check_answered(path, role)
+    tool_calls, tool_call_id = (), None
+    if role == "assistant" and message.get("tool_calls") is not None:
+        tool_calls = calls.parse(message["tool_calls"], f"{path}.tool_calls")
+        content = "" if content is None else content  # OpenAI sends null content with calls
+    if role == "tool":
+        tool_call_id = calls.answer(message.get("tool_call_id"), f"{path}.tool_call_id")
+    if not isinstance(content, str):
+        raise DataError.in_field(calls.location, f"{path}.content", f"must be a string, got {type(content).__name__}")
+    return Message(role=role, content=content, tool_calls=tool_calls, tool_call_id=tool_call_id)
 
 
 def record_key(record: Record) -> str:
     """Content hash of a record: the split depends on what a record says, not where it sits in the file."""
     if isinstance(record, AlpacaRecord):
         payload = [record.instruction, record.input, record.output]
-    else:
-        payload = [[m.role, m.content] for m in record.messages]
+    else:  # tool calls, their ids and the tools only where a record has them, so older keys stay the same
+        payload = [[m.role, m.content, *_call_key(m)] for m in record.messages]
+        if record.tools is not None:
+            payload.append(list(record.tools))
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _call_key(message: Message) -> list:
+    calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
+    return [calls] if calls else [message.tool_call_id] if message.tool_call_id is not None else []
 
 
 def select_records(records: list[Record], indices: list[int] | None) -> list[Record]:

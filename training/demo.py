@@ -17,6 +17,7 @@ from training.config import load_config
 from training.errors import OutputExistsError
 
 if TYPE_CHECKING:
+    from training.config import SFTConfig
     from training.evaluate import Question, Score
 
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "demo_smollm2_ja.yaml"
@@ -38,9 +39,20 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = False) -> tuple[Score, Score]:
     """Train (unless a finished adapter exists) and return (base score, adapter score)."""
     from training.evaluate import EvaluationServer, load_eval_set, score  # httpx and the service: only here
-    from training.sft import run_sft
 
     cfg = load_config(config, overrides)
+    out = trained_adapter(cfg, retrain)
+    questions = load_eval_set(eval_file)
+    service_args = ["--model", cfg.base, "--lora-modules", f"{ADAPTER_NAME}={out}", "--dtype", "float32"]
+    with EvaluationServer(service_args, out.with_name(out.name + ".serve.log")) as server:
+        before = score(server, cfg.base, questions)
+        after = score(server, ADAPTER_NAME, questions)
+    print_table(questions, before, after)
+    return before, after
+
+
+def trained_adapter(cfg: SFTConfig, retrain: bool) -> Path:
+    """`cfg.out`, trained now unless a finished adapter of the same recipe is already there."""
     out = Path(cfg.out)
     if retrain and out.exists():
         import shutil
@@ -51,22 +63,19 @@ def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = Fal
         if manifest.get("config") != cfg.to_dict():
             raise OutputExistsError(f"{out} was trained with a different recipe; use --retrain to replace it")
         print(f"using the adapter already in {out} (--retrain to train again)")
-    else:
-        run_sft(cfg)
-    questions = load_eval_set(eval_file)
-    service_args = ["--model", cfg.base, "--lora-modules", f"{ADAPTER_NAME}={out}", "--dtype", "float32"]
-    with EvaluationServer(service_args, out.with_name(out.name + ".serve.log")) as server:
-        before = score(server, cfg.base, questions)
-        after = score(server, ADAPTER_NAME, questions)
-    print_table(questions, before, after)
-    return before, after
+        return out
+    from training.sft import run_sft  # torch and TRL: only to train
+
+    return run_sft(cfg)
+
+
+def cell(text: str, width: int = 29) -> str:
+    """`text` on one line, cut to `width` characters for a table column."""
+    flat = " ".join(text.split())
+    return flat[: width - 1] + "…" if len(flat) > width else flat
 
 
 def print_table(questions: list[Question], before: Score, after: Score) -> None:
-    def cell(text: str) -> str:
-        flat = " ".join(text.split())
-        return flat[:28] + "…" if len(flat) > 29 else flat
-
     print(f"\n{'question':<30} {'expected':<14} {'base model':<31} {'fine-tuned (LoRA)':<31}")
     for q, b, a in zip(questions, before.replies, after.replies, strict=True):
         mark_b, mark_a = ("✓" if q.answer in b else "✗"), ("✓" if q.answer in a else "✗")

@@ -17,6 +17,15 @@ class ConfigError(TrainingError):
     """A setting that cannot work: a config key or a command-line flag, named in the message."""
 
 
+class DataError(TrainingError):
+    """A record (or a whole data file) that cannot be used, with where it is: file, line or record, field."""
+
+    @classmethod
+    def in_field(cls, location: str, path: str, problem: str) -> DataError:
+        """`file: line N: field 'messages[2].content': <problem>`."""
+        return cls(f"{location}: field '{path}': {problem}")
+
+
 class ModelError(TrainingError):
     """A model or adapter (directory or name) that this command cannot use, e.g. no config.json."""
 

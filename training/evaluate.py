@@ -77,18 +77,18 @@ class EvaluationServer:
 
     def chat(self, model: str, text: str, max_tokens: int = 48) -> str:
         """Greedy reply to one user message."""
+        return self.reply(model, [{"role": "user", "content": text}], max_tokens)["content"] or ""
+
+    def reply(self, model: str, messages: list[dict], max_tokens: int, **fields: object) -> dict:
+        """The greedy reply message to `messages` (with `tool_calls` when the model called a tool); `fields` are
+        further request fields, such as `tools`."""
         response = httpx.post(
             f"{self.url}/v1/chat/completions",
-            json={
-                "model": model,
-                "messages": [{"role": "user", "content": text}],
-                "temperature": 0,
-                "max_tokens": max_tokens,
-            },
+            json={"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens, **fields},
             timeout=120,
         )
         response.raise_for_status()
-        return response.json()["choices"][0]["message"]["content"] or ""
+        return response.json()["choices"][0]["message"]
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,34 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call of an assistant turn, in OpenAI's shape: `arguments` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
+    """One chat turn; assistant turns may carry `tool_calls`, and `tool` turns the `tool_call_id` they answer."""
+
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+    def openai(self) -> dict:
+        """The turn as an OpenAI chat message, the shape `tool_prompt` and the service take."""
+        turn: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            turn["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            turn["tool_call_id"] = self.tool_call_id
+        return turn
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def test_alpaca_json_array_and_chat_jsonl_load(tmp_path):
         (b'{"instruction": "\xff\xfe", "output": "a"}', "line 2: not valid UTF-8"),
         (encode(["not", "an", "object"]), "line 2: a record must be a JSON object"),
         (encode({"messages": [{"role": "user", "content": "q"}]}), "must end with a non-empty assistant"),
-        (encode({"messages": [{"role": "bot", "content": "q"}]}), "messages[0]'.role: must be one of"),
+        (encode({"messages": [{"role": "bot", "content": "q"}]}), "field 'messages[0].role': must be one of"),
     ],
 )
 def test_bad_record_names_file_line_and_field(tmp_path, bad_line, expected):
