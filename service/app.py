@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -62,7 +63,11 @@ def load_model(settings: Settings) -> LoadedModel:
     from service.tool_parsing import ToolParsing
 
     registry = ModelRegistry.from_modules(
-        settings.model_name, settings.model, settings.lora_modules, settings.read_chat_template()
+        settings.model_name,
+        settings.model,
+        settings.lora_modules,
+        settings.read_chat_template(),
+        require_licence=settings.require_licence_metadata,
     )
     tokenizer = AutoTokenizer.from_pretrained(settings.tokenizer or settings.model)
     tool_parsing = None
@@ -159,6 +164,9 @@ def _on_loaded(
     gc.collect()
     gc.freeze()
     logger.info("model %s ready (max_model_len=%d)", model.registry.base.name, model.max_model_len)
+    for served in model.registry:
+        if served.lineage is not None:
+            logger.info("model %s lineage %s", served.name, json.dumps(served.lineage.summary(), ensure_ascii=False))
     loop = asyncio.get_running_loop()
     return [loop.create_task(_log_stats(model)), loop.create_task(_watch_engine(context, model, on_fatal))]
 

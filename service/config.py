@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         default=None,
         description="vLLM tool parser reading the model's calls; default: hermes, for templates without a tool format",
     )
+    require_licence_metadata: bool = Field(
+        default=False,
+        description="refuse to serve a model or adapter without licence terms (its training manifest's licence "
+        "record, or licence.yaml in its directory)",
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False
     seed: int = 0

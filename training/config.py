@@ -31,6 +31,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from training.errors import ConfigError
+from training.licences import IntendedUse
 from training.templates import TEMPLATE_NAMES
 
 __all__ = [
@@ -167,6 +168,12 @@ class SFTConfig(_Section):
     logging_steps: Int = Field(1, gt=0, description="log the loss every this many steps")
     resume: bool = Field(False, description="continue the interrupted run in <out>.partial/")
     keep_checkpoints: bool = Field(False, description="keep <out>.partial/ and its checkpoints after publishing")
+    intended_use: IntendedUse | None = Field(
+        None, description="what the model is for; checked against the declared licence terms (training/licences.py)"
+    )
+    accept_licence_risk: Text | None = Field(
+        None, description="train despite licence conflicts, for this reason (recorded in the manifest)"
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataSettings
     optim: OptimSettings = Field(default_factory=OptimSettings)
@@ -266,6 +273,8 @@ CLI_FLAGS: dict[str, str] = {  # `python -m training sft` flag -> the dotted key
     "--skip-invalid": "data.skip_invalid",
     "--resume": "resume",
     "--keep-checkpoints": "keep_checkpoints",
+    "--intended-use": "intended_use",
+    "--accept-licence-risk": "accept_licence_risk",
 }
 EXCLUSIVE_FLAGS = ("--max-steps", "--epochs")  # a run length is steps or epochs, not both
 

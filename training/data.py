@@ -49,15 +49,18 @@ Record = AlpacaRecord | ChatRecord
 class LoadedData:
     records: list[Record] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    records_per_file: dict[str, int] = field(default_factory=dict)  # valid records of each path, for the manifest
 
 
 def load_records(paths: list[Path], skip_invalid: bool = False) -> LoadedData:
     """Read and validate every record of every file; raise `DataError` on the first bad one unless skipping."""
     loaded = LoadedData()
     for path in paths:
+        loaded.records_per_file.setdefault(str(Path(path)), 0)
         for location, raw in _raw_records(Path(path)):
             try:
                 loaded.records.append(parse_record(raw, location))
+                loaded.records_per_file[str(Path(path))] += 1
             except DataError as error:
                 if not skip_invalid:
                     raise

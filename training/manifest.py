@@ -1,12 +1,16 @@
 """What every output directory records about how it was made: inputs (with hashes), settings, results, code.
 
 A served model should be traceable to its base model, data files, recipe and code version; the manifest is
-that record. `loss_curve.png` is drawn from the trainer's log history.
+that record. Derived artifacts (merged, quantized) name their parent by the SHA-256 of the parent's manifest
+file and embed that manifest, so adapter → merged → AWQ is one chain a reader can verify link by link, and the
+service returns it from `GET /v1/models/{id}`. `loss_curve.png` is drawn from the trainer's log history.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -14,6 +18,8 @@ from pathlib import Path
 
 MANIFEST_NAME = "training_manifest.json"
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "llmcompressor")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+HUB_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")  # huggingface_hub's cache layout
 
 
 def file_sha256(path: Path) -> str:
@@ -22,6 +28,27 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def base_model_identity(base: str) -> dict:
+    """Which base model exactly. A name alone does not say which weights: a hub repository moves and a local
+    directory can be overwritten. So: the revision when the path is a hub-cache snapshot, and for a local
+    directory the SHA-256 over its weight files (each file's name and hash, in name order)."""
+    identity: dict = {"name": base, "revision": None, "weights_sha256": None}
+    path = Path(base)
+    if not path.is_dir():
+        return identity  # a hub name resolved by transformers at load time; nothing local to hash
+    snapshot = HUB_SNAPSHOT.search(str(path.resolve()))
+    identity["revision"] = snapshot.group(1) if snapshot else None
+    weights = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if weights:
+        listing = "\n".join(f"{p.name} {file_sha256(p)}" for p in weights)
+        identity["weights_sha256"] = hashlib.sha256(listing.encode("utf-8")).hexdigest()
+    return identity
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    (Path(directory) / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
 def code_version() -> str | None:
@@ -54,14 +81,18 @@ def last_value(history: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def build_manifest(cfg, history: list[dict], skipped: list[str], datasets: dict) -> dict:
+def build_manifest(cfg, history: list[dict], skipped: list[str], datasets: dict, records_per_file: dict) -> dict:
     return {
-        "kind": "lora-adapter",
+        "kind": "lora-adapter" if cfg.method == "lora" else "qlora-adapter",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "base_model": cfg.base,
+        "base_model_identity": base_model_identity(cfg.base),
         "method": cfg.method,
         "template": cfg.data.template,
-        "data_files": [{"path": p, "sha256": file_sha256(Path(p))} for p in cfg.data.paths],
+        "data_files": [
+            {"path": p, "sha256": file_sha256(Path(p)), "records": records_per_file.get(str(Path(p)), 0)}
+            for p in cfg.data.paths
+        ],
         "examples": {name: len(ds) for name, ds in datasets.items()},
         "skipped_records": skipped,
         "config": cfg.to_dict(),
@@ -73,15 +104,23 @@ def build_manifest(cfg, history: list[dict], skipped: list[str], datasets: dict)
     }
 
 
-def derived_manifest(kind: str, source_manifest: dict | None, **details: object) -> dict:
-    """Manifest of a merged or quantized model: what was done, plus the manifest of what it came from."""
+def derived_manifest(kind: str, parent_dir: Path, **details: object) -> dict:
+    """Manifest of a merged or quantized model: what was done, the parent's manifest hash (`parent`) and the
+    parent's manifest itself (`source`), or both None when the parent was not made by tsumugi."""
+    parent_manifest = Path(parent_dir) / MANIFEST_NAME
+    parent, source = None, None
+    if parent_manifest.is_file():
+        source = json.loads(parent_manifest.read_text(encoding="utf-8"))
+        parent = {"path": str(parent_dir), "kind": source.get("kind"), "manifest_sha256": file_sha256(parent_manifest)}
     return {
         "kind": kind,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         **details,
         "code_version": code_version(),
         "libraries": library_versions(),
-        "source": source_manifest,
+        "licence": source.get("licence") if source else None,  # the training run's terms travel down the chain
+        "parent": parent,
+        "source": source,
     }
 
 

@@ -7,12 +7,11 @@ model keeps the prompt format it was trained with as its chat template.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from training.errors import ModelError, OutputExistsError
-from training.manifest import MANIFEST_NAME, derived_manifest
+from training.manifest import base_model_identity, derived_manifest, write_manifest
 
 MERGE_DTYPES = ("bf16", "fp16", "fp32")
 
@@ -44,9 +43,7 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> P
     merged.save_pretrained(staging, safe_serialization=True)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(staging)
 
-    source_manifest_path = Path(adapter) / MANIFEST_NAME
-    source = json.loads(source_manifest_path.read_text(encoding="utf-8")) if source_manifest_path.is_file() else None
-    manifest = derived_manifest("merged", source, base_model=str(base), adapter=str(adapter), dtype=dtype)
-    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    details = {"base_model": str(base), "base_model_identity": base_model_identity(str(base))}
+    write_manifest(staging, derived_manifest("merged", Path(adapter), **details, adapter=str(adapter), dtype=dtype))
     publish_directory(staging, out)
     return out

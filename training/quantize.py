@@ -11,7 +11,6 @@ was fine-tuned with — so activation statistics match what it will serve.
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ from pathlib import Path
 from training.data import load_records
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.examples import render
-from training.manifest import MANIFEST_NAME, derived_manifest
+from training.manifest import derived_manifest, file_sha256, write_manifest
 from training.memory import shape_from_config
 
 GROUP_SIZES = (128, 64, 32)
@@ -134,12 +133,10 @@ def quantize_model(
         )
     model.save_pretrained(staging, save_compressed=True)
     tokenizer.save_pretrained(staging)
-    source_path = Path(model_dir) / MANIFEST_NAME
-    source = json.loads(source_path.read_text(encoding="utf-8")) if source_path.is_file() else None
     details = {"model": str(model_dir), "method": method, "scheme": "W4A16", "group_size": group_size}
-    details |= {"calibration_data": str(data), "calibration_samples": len(dataset)}
-    manifest = derived_manifest(f"{method}-w4a16", source, **details)
-    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    details |= {"calibration_data": {"path": str(data), "sha256": file_sha256(Path(data))}}
+    details |= {"calibration_samples": len(dataset)}
+    write_manifest(staging, derived_manifest(f"{method}-w4a16", Path(model_dir), **details))
     publish_directory(staging, out)
     return out
 

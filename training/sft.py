@@ -31,7 +31,8 @@ from training.config import SFTConfig
 from training.data import Record, load_records, select_records, split_records
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.examples import adapter_chat_template, build_examples
-from training.manifest import build_manifest, write_loss_curve
+from training.licences import assess
+from training.manifest import build_manifest, write_loss_curve, write_manifest
 from training.models import load_causal_lm
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,6 +54,8 @@ class SFTRecipe:
         self.splits: dict[str, list[Record]] = {}
         self.datasets: dict[str, Dataset] = {}
         self.skipped_records: list[str] = []
+        self.records_per_file: dict[str, int] = {}
+        self.licence: dict = {}
 
     def setup(self) -> SFTRecipe:
         """Build everything in dependency order. Data is validated first, before the tokenizer, before anything is
@@ -60,6 +63,7 @@ class SFTRecipe:
         if self.out_dir.exists():
             raise OutputExistsError(f"{self.out_dir} already exists; remove it or choose another --out")
         self._load_data()
+        self._check_licences()
         self._setup_tokenizer()
         self._build_datasets()
         self._prepare_work_dir()
@@ -115,11 +119,19 @@ class SFTRecipe:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
+    def _check_licences(self) -> None:
+        """The declared terms of the base model and data against `intended_use` (training/licences.py): a conflict
+        stops the run here, before the model loads or anything is written, unless the risk is accepted with a
+        reason. After the data check, so a missing data file is reported as that."""
+        cfg = self.cfg
+        self.licence = assess(cfg.base, list(cfg.data.paths), cfg.intended_use, cfg.accept_licence_risk)
+
     def _load_data(self) -> None:
         """Read, validate, select and split the records: no tokenizer needed, so this runs first."""
         data = self.cfg.data
         loaded = load_records([Path(p) for p in data.paths], skip_invalid=data.skip_invalid)
         self.skipped_records = loaded.skipped
+        self.records_per_file = loaded.records_per_file
         for message in loaded.skipped:
             print(f"skipped invalid record: {message}")  # noqa: T201 - the user asked to skip; say what
         if loaded.skipped:
@@ -239,10 +251,9 @@ class SFTRecipe:
         history = self.trainer.state.log_history
         (directory / "train_log.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
         write_loss_curve(history, directory / "loss_curve.png")
-        manifest = build_manifest(self.cfg, history, self.skipped_records, self.datasets)
-        (directory / "training_manifest.json").write_text(
-            json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8"
-        )
+        manifest = build_manifest(self.cfg, history, self.skipped_records, self.datasets, self.records_per_file)
+        manifest["licence"] = self.licence
+        write_manifest(directory, manifest)
 
 
 class PartialCheckpointing(TrainerCallback):

@@ -109,7 +109,12 @@ def fake_loader(engine: FakeEngine, tokenizer_dir: Path, gate: threading.Event |
 
         if gate is not None and not gate.wait(timeout=30):
             raise TimeoutError("test gate never opened")
-        registry = ModelRegistry.from_modules(settings.model_name, settings.model, settings.lora_modules)
+        registry = ModelRegistry.from_modules(
+            settings.model_name,
+            settings.model,
+            settings.lora_modules,
+            require_licence=settings.require_licence_metadata,
+        )
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         return LoadedModel(engine, registry, tokenizer, vocab_size=len(tokenizer))
 

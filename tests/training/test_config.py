@@ -33,7 +33,8 @@ FLAGS_BEFORE = [
     "--base", "--data", "--out", "--method", "--template", "--max-steps", "--epochs", "--lr", "--scheduler",
     "--warmup-ratio", "--lora-r", "--lora-alpha", "--lora-dropout", "--target-modules", "--batch-size", "--grad-accum",
     "--seed", "--precision", "--max-length", "--validation-fraction", "--save-steps", "--eval-steps",
-    "--gradient-checkpointing", "--packing", "--skip-invalid", "--resume", "--keep-checkpoints",
+    "--gradient-checkpointing", "--packing", "--skip-invalid", "--resume", "--keep-checkpoints", "--intended-use",
+    "--accept-licence-risk",
 ]  # fmt: skip
 
 
@@ -215,7 +216,8 @@ def test_to_dict_keeps_the_manifest_shape():
     cfg = load_config(None, REQUIRED)
     assert list(cfg.to_dict()) == [
         "base", "out", "method", "seed", "precision", "gradient_checkpointing", "save_steps", "save_total_limit",
-        "eval_steps", "logging_steps", "resume", "keep_checkpoints", "lora", "data", "optim",
+        "eval_steps", "logging_steps", "resume", "keep_checkpoints", "intended_use", "accept_licence_risk", "lora",
+        "data", "optim",
     ]  # fmt: skip
     assert cfg.to_dict()["data"] == {
         "paths": ["d.jsonl"], "template": "alpaca-ja", "validation_fraction": 0.05, "max_length": 512,

@@ -81,6 +81,7 @@ def test_skip_invalid_reports_every_skipped_record(tmp_path):
     assert len(loaded.records) == 2
     assert len(loaded.skipped) == 3
     assert [s.split(": ")[1] for s in loaded.skipped] == ["line 2", "line 3", "line 5"]
+    assert loaded.records_per_file == {str(tmp_path / "mixed.jsonl"): 2}  # valid ones, for the manifest
 
 
 def test_all_invalid_is_an_error_even_when_skipping(tmp_path):

@@ -6,27 +6,50 @@ greedy chat requests over HTTP, scored by exact answer substring on held-in ques
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from training.evaluate import EvaluationServer, load_eval_set, score
+from training.manifest import MANIFEST_NAME
 from training.merge import merge_adapter
 from training.quantize import quantize_model
 from training.sft import run_sft
 
 from .conftest import tiny_config
 
+ATTRIBUTION = "tiny sample, tsumugi tests (CC BY-NC-SA 4.0)"
+ACCEPTED_RISK = "test: the licence guard's override is recorded"
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, tiny_eval, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("e2e")
-    data = tiny_eval.with_name("train.jsonl")
-    lora = run_sft(tiny_config(tiny_model, data, folder / "lora", precision="fp32"))
+    data = folder / "train.jsonl"  # declared non-commercial: the LoRA run (commercial) accepts that risk
+    data.write_bytes(tiny_eval.with_name("train.jsonl").read_bytes())
+    (folder / "train.jsonl.licence.yaml").write_text(
+        f"licence: CC-BY-NC-SA-4.0\ncommercial_use: false\nshare_alike: true\nattribution: {ATTRIBUTION}\n"
+    )
+    risk = {"intended_use": "commercial", "accept_licence_risk": ACCEPTED_RISK}
+    lora = run_sft(tiny_config(tiny_model, data, folder / "lora", precision="fp32", **risk))
     # bitsandbytes' CPU 4-bit path is ~4x slower per step than LoRA here: fewer steps, checked for serving only.
     qlora = run_sft(tiny_config(tiny_model, data, folder / "qlora", method="qlora", **{"optim.max_steps": 40}))
+    assert "accepted_risk" in json.loads((lora / MANIFEST_NAME).read_text(encoding="utf-8"))["licence"]
     return {"folder": folder, "data": data, "lora": lora, "qlora": qlora}
+
+
+def card(server: EvaluationServer, model: str) -> dict:
+    """The service's model card for `model` (`GET /v1/models/{id}`)."""
+    response = httpx.get(f"{server.url}/v1/models/{model}", timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def manifest_sha256(directory: Path) -> str:
+    return hashlib.sha256((directory / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
 def test_adapters_serve_and_answer_where_the_base_model_does_not(tiny_model, tiny_eval, trained, record_property):
@@ -37,6 +60,7 @@ def test_adapters_serve_and_answer_where_the_base_model_does_not(tiny_model, tin
         base = score(server, str(tiny_model), questions)
         lora = score(server, "ja", questions)
         qlora = score(server, "qja", questions)
+        cards = {name: card(server, name) for name in (str(tiny_model), "ja", "qja")}
     record_property("scores", {"base": base.correct, "lora": lora.correct, "qlora": qlora.correct})
     print(f"\nheld-in exact answers: base {base.correct}/{base.total}, LoRA {lora.correct}, QLoRA {qlora.correct}")
     assert base.correct == 0, base.replies
@@ -46,6 +70,23 @@ def test_adapters_serve_and_answer_where_the_base_model_does_not(tiny_model, tin
     assert qlora_losses[-1] < qlora_losses[0] / 2  # it trained
     assert qlora.replies != base.replies and all(qlora.replies), qlora.replies  # and its adapter is applied
     assert qlora.correct >= qlora.total // 2, qlora.replies  # measured: 6/6
+    # Lineage: the adapters' manifests as the service returns them; the base model (no manifest) has none.
+    assert cards[str(tiny_model)]["lineage"] is None and cards[str(tiny_model)]["licence"] is None
+    for name, kind, directory in (("ja", "lora-adapter", trained["lora"]), ("qja", "qlora-adapter", trained["qlora"])):
+        lineage = cards[name]["lineage"]
+        assert lineage["chain"] == [{"kind": kind, "created": lineage["manifest"]["created"],
+                                     "manifest_sha256": manifest_sha256(directory), "verified": True}]  # fmt: skip
+        manifest, data = lineage["manifest"], trained["data"]
+        records = len(data.read_text(encoding="utf-8").splitlines())
+        data_sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
+        assert manifest["data_files"] == [{"path": str(data), "sha256": data_sha256, "records": records}]
+        assert manifest["base_model_identity"]["name"] == str(tiny_model)
+        assert len(manifest["base_model_identity"]["weights_sha256"]) == 64
+    # Licence: the LoRA run's accepted risk and the data's attribution, as the service shows them.
+    licence = cards["ja"]["licence"]
+    assert cards["ja"]["lineage"]["manifest"]["licence"] == licence and licence["intended_use"] == "commercial"
+    assert licence["accepted_risk"]["reason"] == ACCEPTED_RISK and len(licence["accepted_risk"]["conflicts"]) == 2
+    assert licence["obligations"]["attribution"] == [ATTRIBUTION] and licence["obligations"]["non_commercial"]
 
 
 def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_model, record_property):
@@ -54,12 +95,31 @@ def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_
     assert (merged / "chat_template.jinja").read_text() == (trained["lora"] / "chat_template.jinja").read_text()
     with EvaluationServer(["--model", str(merged)], trained["folder"] / "merged.log") as server:
         merged_score = score(server, str(merged), questions)
+        merged_card = card(server, str(merged))
+    merged_lineage = merged_card["lineage"]
     assert merged_score.correct == merged_score.total, merged_score.replies
+    assert [(link["kind"], link["verified"]) for link in merged_lineage["chain"]] == [
+        ("merged", True), ("lora-adapter", True)]  # fmt: skip
+    assert merged_lineage["chain"][1]["manifest_sha256"] == manifest_sha256(trained["lora"])
+    assert merged_lineage["manifest"]["parent"]["path"] == str(trained["lora"])
+    lora_licence = json.loads((trained["lora"] / MANIFEST_NAME).read_text(encoding="utf-8"))["licence"]
+    assert merged_card["licence"] == lora_licence  # the obligations travel down the chain
 
     awq = quantize_model(merged, trained["data"], trained["folder"] / "awq", method="awq", num_samples=6)
     # Default flags: --dtype auto picks bfloat16 for W4A16 on CPU (the only dtype of cpu_gemm_wna16).
-    with EvaluationServer(["--model", str(awq)], trained["folder"] / "awq.log") as server:
+    # --require-licence-metadata: the AWQ model carries the LoRA run's licence record, so it is served.
+    with EvaluationServer(["--model", str(awq), "--require-licence-metadata"], trained["folder"] / "awq.log") as server:
         awq_score = score(server, str(awq), questions)
+        awq_card = card(server, str(awq))
+    awq_lineage = awq_card["lineage"]
     record_property("awq_correct", awq_score.correct)
     print(f"\nAWQ W4A16 held-in exact answers: {awq_score.correct}/{awq_score.total}")
     assert awq_score.correct > awq_score.total // 2, awq_score.replies
+    # adapter → merged → AWQ, each link naming its parent's manifest by hash, as the service returns it.
+    assert [(link["kind"], link["verified"]) for link in awq_lineage["chain"]] == [
+        ("awq-w4a16", True), ("merged", True), ("lora-adapter", True)]  # fmt: skip
+    assert [link["manifest_sha256"] for link in awq_lineage["chain"]] == [
+        manifest_sha256(awq), manifest_sha256(merged), manifest_sha256(trained["lora"])]  # fmt: skip
+    assert awq_card["licence"] == lora_licence and awq_card["licence"]["obligations"]["attribution"] == [ATTRIBUTION]
+    assert awq_lineage["manifest"]["calibration_data"]["sha256"] == hashlib.sha256(
+        trained["data"].read_bytes()).hexdigest()  # fmt: skip
