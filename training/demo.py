@@ -25,14 +25,20 @@ DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "ja_sample_eval
 ADAPTER_NAME = "ja"
 
 
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+def add_shared_demo_arguments(p: argparse.ArgumentParser, config: Path, eval_file: Path, eval_help: str) -> None:
+    """The flags every before/after demo takes: its recipe and held-in set, base and output overrides, whether
+    to train again, and where to write the scores."""
+    p.add_argument("--config", type=Path, default=config)
     p.add_argument("--base", help="override the config's base model")
     p.add_argument("--out", help="override the config's output directory")
-    p.add_argument("--eval", type=Path, default=DEFAULT_EVAL, help="held-in question set")
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--eval", type=Path, default=eval_file, help=eval_help)
     p.add_argument("--retrain", action="store_true", help="train even if the output directory exists")
     p.add_argument("--results", type=Path, help="write the scores as JSON here")
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    add_shared_demo_arguments(p, DEFAULT_CONFIG, DEFAULT_EVAL, "held-in question set")
+    p.add_argument("--max-steps", type=int)
     p.set_defaults(handler=run_demo_command)
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from training.config import load_config
 from training.data import ChatRecord, DataError, load_records
-from training.demo import cell, trained_adapter
+from training.demo import add_shared_demo_arguments, cell, trained_adapter
 
 if TYPE_CHECKING:
     from training.evaluate import EvaluationServer
@@ -136,13 +136,8 @@ def print_tool_table(requests: list[ToolRequest], before: ToolScore, after: Tool
 
 
 def add_tool_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    p.add_argument("--base", help="override the config's base model")
-    p.add_argument("--out", help="override the config's output directory")
-    p.add_argument("--eval", type=Path, default=DEFAULT_EVAL, help="held-in request set")
+    add_shared_demo_arguments(p, DEFAULT_CONFIG, DEFAULT_EVAL, "held-in request set")
     p.add_argument("--epochs", type=float)
-    p.add_argument("--retrain", action="store_true", help="train even if the output directory exists")
-    p.add_argument("--results", type=Path, help="write the scores as JSON here")
     p.set_defaults(handler=run_tool_demo_command)
 
 
