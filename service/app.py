@@ -75,7 +75,7 @@ def load_model(settings: Settings) -> LoadedModel:
         tool_parsing = ToolParsing(
             tool_parser_name(settings, registry.base.chat_template or tokenizer.chat_template), tokenizer
         )
-    engine = Engine.start(settings, registry.adapter_paths())
+    engine = Engine.start(settings, registry.adapter_paths(), registry.null_adapter_id)
     return LoadedModel(engine, registry, tokenizer, len(tokenizer), longest_token(tokenizer), tool_parsing)
 
 
@@ -104,6 +104,7 @@ def create_app(
     `ValueError` for an unusable keys file.
     """
     keyring = None if settings.no_auth else KeyRing.load(settings.api_keys, settings.api_keys_file)
+    admin_keyring = KeyRing.load(settings.admin_api_keys, None, prefix="admin") if settings.admin_api_keys else None
     settings.read_chat_template()  # a missing --chat-template file is a configuration error, before loading
     if settings.tool_call_parser:
         from service.tool_parsing import parser_names  # vLLM's registry of parsers
@@ -136,6 +137,7 @@ def create_app(
         metrics=context.metrics,
         keyring=keyring,
         max_body_bytes=settings.max_request_body_bytes,
+        admin_keyring=admin_keyring,
     )
     install_error_handlers(app)
     app.include_router(api_router)

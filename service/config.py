@@ -17,6 +17,8 @@ from typing import Annotated, Literal, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32 config/lora.py: max_lora_rank's choices
+
 
 class LoRAModule(BaseModel, frozen=True):
     """An adapter to serve: `NAME=PATH` on the command line."""
@@ -70,8 +72,20 @@ class Settings(BaseSettings):
     quantization: str | None = None
     max_model_len: int | None = Field(default=None, gt=0)
     lora_modules: Annotated[list[LoRAModule], NoDecode] = Field(default=[], description="adapters as NAME=PATH")
-    max_loras: int = Field(default=1, ge=1)
-    max_lora_rank: int = Field(default=16, ge=1)
+    max_loras: int = Field(default=1, ge=1, description="adapters the engine runs at once (its LoRA slots)")
+    max_lora_rank: int = Field(
+        default=16, description=f"the highest adapter rank the engine accepts, one of {list(LORA_RANKS)}"
+    )
+    max_cpu_loras: int | None = Field(
+        default=None, gt=0, description="adapters kept loaded in memory beyond the slots (default: all of them)"
+    )
+    adapter_dir: Path | None = Field(
+        default=None,
+        description="directory the admin API loads adapters from (POST/PUT /v1/adapters); enables runtime adapters",
+    )
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default=[], description="keys for the admin API (/v1/adapters), separate from user keys"
+    )
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     # KV-cache size; on CPU, unset means "derived from the model" (see engine.cpu_kv_cache_bytes), because
     # vLLM's CPU worker otherwise reserves gpu_memory_utilization of the machine's memory and refuses to
@@ -125,7 +139,14 @@ class Settings(BaseSettings):
             return [LoRAModule.parse(item) if isinstance(item, str) else item for item in items]
         return items
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, value: int) -> int:
+        if value not in LORA_RANKS:
+            raise ValueError(f"must be one of {list(LORA_RANKS)} (the ranks vLLM accepts)")
+        return value
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
         return _split_csv(value)
@@ -168,6 +189,7 @@ class Settings(BaseSettings):
 # Flags whose command-line form differs from the field: a repeatable --api-key, several NAME=PATH at once.
 _FLAG_FORMS: dict[str, dict] = {
     "api_keys": {"flags": ["--api-key"], "action": "append", "help": "an API key (repeatable)"},
+    "admin_api_keys": {"flags": ["--admin-api-key"], "action": "append", "help": "an admin API key (repeatable)"},
     "lora_modules": {"nargs": "+", "metavar": "NAME=PATH"},
 }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from service.admission import Admission, AdmissionLimits
+from service.catalogue import AdapterCatalogue
 from service.config import Settings
 from service.engine_types import EngineClient
 from service.lifecycle import Lifecycle
@@ -59,6 +60,7 @@ class AppContext:
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
     model: LoadedModel | None = None
     admission: Admission | None = None  # sized from the engine once it is up
+    adapters: AdapterCatalogue | None = None  # the runtime adapter catalogue, once the model is up
 
     def publish(self, model: LoadedModel) -> None:
         """The model is up: size admission control from the engine and start admitting."""
@@ -71,6 +73,7 @@ class AppContext:
             s.max_queued_prompt_tokens,
         )
         self.admission = Admission(limits, self.metrics)
+        self.adapters = AdapterCatalogue(model.registry, model.engine, self.metrics, s.adapter_dir, s.max_lora_rank)
         self.metrics.start_models_at_zero([served.name for served in model.registry])
         self.model = model
         self.lifecycle.loaded = True

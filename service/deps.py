@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.catalogue import AdapterCatalogue
 from service.context import AppContext, LoadedModel
 from service.errors import InvalidRequest, ServiceUnavailable
 from service.middleware import RequestRecord, record_of
@@ -59,6 +60,15 @@ async def get_call(request: Request, context: Annotated[AppContext, Depends(get_
     return Call(record_of(request.scope), timeout)
 
 
+async def get_adapters(context: Annotated[AppContext, Depends(get_context)]) -> AdapterCatalogue:
+    """The adapter catalogue, once the model is up (503 before, and while draining)."""
+    await get_model(context)
+    if context.adapters is None:  # published with the model; the check narrows the type
+        raise ServiceUnavailable("The model is still loading; retry shortly.")
+    return context.adapters
+
+
 ContextDep = Annotated[AppContext, Depends(get_context)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 CallDep = Annotated[Call, Depends(get_call)]
+AdaptersDep = Annotated[AdapterCatalogue, Depends(get_adapters)]

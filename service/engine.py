@@ -45,7 +45,7 @@ from service.engine_types import (
     GenerationParams,
     TokenLogprob,
 )
-from service.errors import EngineFailure, InvalidRequest, Overloaded, ServiceUnavailable
+from service.errors import AdapterRejected, EngineFailure, InvalidRequest, Overloaded, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 # GenerationParams fields passed to SamplingParams under the same name; the rest are mapped below.
@@ -136,6 +136,27 @@ def answer_or_calls_grammar(answer: dict[str, Any], call: dict[str, Any]) -> str
     return str(xgrammar.Grammar.union(answer_grammar, *calls))
 
 
+def write_null_adapter_for_model(hf_config: Any, out_dir: Path) -> Path:
+    """A zero LoRA adapter on the first layer's `q_proj`, shaped from the model's config: the null adapter when
+    no adapter is there to copy a shape from (runtime adapters, none at start). Llama-style module names
+    (Llama, Qwen, Mistral, SmolLM2)."""
+    import torch
+    from safetensors.torch import save_file
+
+    hidden = hf_config.hidden_size
+    head_dim = getattr(hf_config, "head_dim", None) or hidden // hf_config.num_attention_heads
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {
+        f"{prefix}.lora_A.weight": torch.zeros(1, hidden),
+        f"{prefix}.lora_B.weight": torch.zeros(hf_config.num_attention_heads * head_dim, 1),
+    }
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1, "target_modules": ["q_proj"]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"))
+    (out_dir / "adapter_config.json").write_text(json.dumps(config | {"bias": "none", "lora_dropout": 0.0}))
+    return out_dir
+
+
 def write_null_adapter(template_adapter: Path, out_dir: Path) -> Path:
     """Write a zero LoRA adapter shaped like one module of `template_adapter` (see the module docstring)."""
     from safetensors import safe_open
@@ -171,6 +192,11 @@ def cpu_kv_cache_bytes(args: AsyncEngineArgs) -> int:
     return max(one_sequence, min(CPU_KV_CACHE_CAP, one_sequence * CPU_KV_CACHE_SEQUENCES))
 
 
+def runtime_adapters(settings: Settings) -> bool:
+    """Adapters may be added while the service runs (`--adapter-dir`): LoRA is on even with none at start."""
+    return settings.adapter_dir is not None
+
+
 def build_engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) -> AsyncEngineArgs:
     args = _engine_args(settings, num_adapters, use_null_adapter)
     legacy_size = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "")  # vLLM's own variable overrides any size given
@@ -197,12 +223,21 @@ def _engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) 
         tensor_parallel_size=settings.tensor_parallel_size,
         enforce_eager=settings.enforce_eager,
         seed=settings.seed,
-        enable_lora=num_adapters > 0,
+        enable_lora=num_adapters > 0 or runtime_adapters(settings),
         max_loras=settings.max_loras + (1 if use_null_adapter else 0),
         max_lora_rank=settings.max_lora_rank,
-        max_cpu_loras=max(num_adapters + 1, settings.max_loras + 1) if num_adapters else None,
+        max_cpu_loras=cpu_loras(settings, num_adapters, use_null_adapter),
         generation_config="auto",
     )
+
+
+def cpu_loras(settings: Settings, num_adapters: int, use_null_adapter: bool) -> int | None:
+    """Adapters vLLM keeps loaded in memory (its LRU beyond the slots): `--max-cpu-loras`, else every adapter
+    given at start; always more than the slots (vLLM requires at least as many, and the null adapter takes one)."""
+    if not (num_adapters or runtime_adapters(settings)):
+        return None
+    slots = settings.max_loras + (1 if use_null_adapter else 0)
+    return max(settings.max_cpu_loras or num_adapters + 1, slots + 1)
 
 
 class Engine:
@@ -214,19 +249,23 @@ class Engine:
         self._tempdir = tempdir
 
     @classmethod
-    def start(cls, settings: Settings, adapter_paths: list[Path]) -> Engine:
-        """Build the engine (blocking: loads weights, profiles memory, spawns the engine-core process)."""
-        use_null_adapter = bool(adapter_paths) and current_platform.is_cpu()
-        tempdir = None
-        null_adapter = None
-        if use_null_adapter:
-            tempdir = tempfile.TemporaryDirectory(prefix="tsumugi-null-adapter-")
-            path = write_null_adapter(adapter_paths[0], Path(tempdir.name))
-            null_adapter = AdapterHandle(NULL_ADAPTER_NAME, lora_id=len(adapter_paths) + 1, path=str(path))
+    def start(cls, settings: Settings, adapter_paths: list[Path], null_adapter_id: int) -> Engine:
+        """Build the engine (blocking: loads weights, profiles memory, spawns the engine-core process).
+        `null_adapter_id` is the engine id the registry set aside for the null adapter."""
+        use_null_adapter = (bool(adapter_paths) or runtime_adapters(settings)) and current_platform.is_cpu()
         args = build_engine_args(settings, len(adapter_paths), use_null_adapter)
         # The API-server usage context picks vLLM's serving defaults (batch sizes, max_num_seqs), as `vllm serve`.
         llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
         model_config = llm.model_config
+        tempdir = None
+        null_adapter = None
+        if use_null_adapter:
+            tempdir = tempfile.TemporaryDirectory(prefix="tsumugi-null-adapter-")
+            if adapter_paths:
+                path = write_null_adapter(adapter_paths[0], Path(tempdir.name))
+            else:
+                path = write_null_adapter_for_model(model_config.hf_config, Path(tempdir.name))
+            null_adapter = AdapterHandle(NULL_ADAPTER_NAME, lora_id=null_adapter_id, path=str(path))
         scheduler = llm.vllm_config.scheduler_config
         info = EngineInfo(
             max_model_len=model_config.max_model_len,
@@ -236,6 +275,20 @@ class Engine:
             null_adapter=null_adapter,
         )
         return cls(llm, info, tempdir)
+
+    async def add_adapter(self, adapter: AdapterHandle) -> None:
+        """Load an adapter into the engine now (it validates before it evicts anything), so a broken one is
+        refused here rather than failing inside a batch, where vLLM would end the engine."""
+        try:
+            await self._llm.add_lora(LoRARequest(adapter.name, adapter.lora_id, adapter.path))
+        except EngineDeadError:
+            raise
+        except Exception as exc:  # vLLM returns the worker's error as a plain Exception with its message
+            raise AdapterRejected(f"The engine could not load the adapter: {exc}", param="path") from exc
+
+    async def remove_adapter(self, adapter: AdapterHandle) -> None:
+        """Unload a version no request uses any more (the catalogue's leases say when)."""
+        await self._llm.remove_lora(adapter.lora_id)
 
     def lora_request(self, adapter: AdapterHandle | None) -> LoRARequest | None:
         adapter = adapter or self.info.null_adapter

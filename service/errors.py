@@ -49,6 +49,21 @@ class InvalidRequest(APIError):
     status = HTTPStatus.BAD_REQUEST
 
 
+class AdapterRejected(InvalidRequest):
+    """An adapter that cannot be served, with the reason; the engine keeps serving what it served."""
+
+
+class AdapterExists(APIError):
+    status = HTTPStatus.CONFLICT
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"An adapter named '{name}' is already served; PUT /v1/adapters/{name} replaces it.",
+            param="name",
+            code="adapter_exists",
+        )
+
+
 class ModelNotFound(APIError):
     status = HTTPStatus.NOT_FOUND
 

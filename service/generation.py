@@ -82,6 +82,7 @@ class Generation:
         self._settled = False
         self._lifecycle_key = lifecycle_key
         self.num_prompt_tokens = num_prompt_tokens
+        self._release_adapter: Callable[[], None] = _no_lease
 
     @classmethod
     async def start(
@@ -99,6 +100,7 @@ class Generation:
         num_choices, num_prompt_tokens = sum(p.n for p in params), sum(map(len, prompts))
         record, timeout = call.record, call.timeout
         ticket = context.require_admission().admit(record.tenant, served.name, num_choices, num_prompt_tokens)
+        release = context.adapters.lease(served) if context.adapters is not None else _no_lease
         key = uuid.uuid4().hex  # engine ids must be unique even when clients reuse their X-Request-Id
         engine_ids = [f"{key}-{i}" for i in range(len(prompts))]
         parts = [
@@ -110,6 +112,7 @@ class Generation:
         generation = cls(
             context.lifecycle, tracker, ticket, record, stream, key, len(prompts), num_choices, num_prompt_tokens
         )
+        generation._release_adapter = release
         context.lifecycle.started(key, engine_ids)
         generation._arm_deadline(timeout, lambda: engine.abort(engine_ids))
         try:
@@ -192,6 +195,7 @@ class Generation:
         try:
             await self._stream.aclose()
         finally:
+            self._release_adapter()  # after the close: the engine has the abort before the version can go
             tracker = self._tracker
             tracker.finish(status, self.num_prompt_tokens)
             self._ticket.release(tracker.num_output_tokens)
@@ -199,6 +203,10 @@ class Generation:
             record = self._record
             record.num_prompt_tokens, record.num_completion_tokens = self.num_prompt_tokens, tracker.num_output_tokens
             record.ttft_s = tracker.ttft_s
+
+
+def _no_lease() -> None:
+    return None
 
 
 async def _merged(parts: list[AsyncIterator[EngineStep]]) -> AsyncIterator[Tagged]:

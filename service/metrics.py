@@ -70,6 +70,18 @@ class ServiceMetrics:
             ["reason", "key"],
             registry=r,
         )
+        self.adapter_ready = Gauge(
+            "tsumugi_adapter_ready", "1 while an adapter name is served, 0 once retired (admin API).", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.adapter_load_seconds = Histogram(
+            "tsumugi_adapter_load_seconds", "Time to load an adapter version into the engine (admin API).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.adapter_load_failures = Counter(
+            "tsumugi_adapter_load_failures", "Adapters refused by the admin API, by where they failed.", ["stage"],
+            registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "tsumugi_queue_depth", "Admitted requests waiting for their first engine step.", registry=r
         )
@@ -104,6 +116,13 @@ class ServiceMetrics:
                 failures.inc(num_parse_failures)
 
         return count
+
+    def adapter_loaded(self, name: str, seconds: float) -> None:
+        self.adapter_ready.labels(name).set(1)
+        self.adapter_load_seconds.observe(seconds)
+
+    def adapter_retired(self, name: str) -> None:
+        self.adapter_ready.labels(name).set(0)
 
     def start_models_at_zero(self, models: list[str]) -> None:
         """Create each served model's tool-call series at 0 (dashboards and `rate()` see them before a call)."""

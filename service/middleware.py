@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import APIError, PayloadTooLarge, internal_error
+from service.errors import APIError, PayloadTooLarge, PermissionDenied, Unauthorized, internal_error
 from service.metrics import ServiceMetrics
 from service.tenants import ANONYMOUS, KeyRing, Tenant
 
@@ -52,11 +52,22 @@ class RequestRecord:
     ttft_s: float | None = None
 
 
+ADMIN_PREFIX = "/v1/adapters"  # the admin API: admin keys only (`--admin-api-key`), never user keys
+
+
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, keyring: KeyRing | None, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        keyring: KeyRing | None,
+        max_body_bytes: int,
+        admin_keyring: KeyRing | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.keyring = keyring
+        self.admin_keyring = admin_keyring
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,15 +117,43 @@ class RequestMiddleware:
         if not scope["path"].startswith("/v1/"):
             return None
         headers = dict(scope["headers"])
-        if self.keyring is not None:
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        if scope["path"] == ADMIN_PREFIX or scope["path"].startswith(ADMIN_PREFIX + "/"):
+            refusal = self._admin_refusal(authorization, record)
+            if refusal is not None:
+                return refusal
+        elif self.keyring is not None:
             try:
-                record.tenant = self.keyring.authenticate(headers.get(b"authorization", b"").decode("latin-1"))
+                record.tenant = self.keyring.authenticate(authorization)
             except APIError as exc:
                 return exc
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
             return PayloadTooLarge(self.max_body_bytes)
         return None
+
+    def _admin_refusal(self, authorization: str, record: RequestRecord) -> APIError | None:
+        """Admin routes: an admin key passes; a valid user key gets 403 (valid, but not for this); anything else
+        401. `--no-auth` opens the user routes only; without `--admin-api-key` the admin API is closed (403)."""
+        refused: APIError | None = None
+        if self.admin_keyring is not None:
+            try:
+                record.tenant = self.admin_keyring.authenticate(authorization)
+                return None
+            except Unauthorized as exc:
+                refused = exc
+        user_key = False
+        if self.keyring is not None:
+            try:
+                self.keyring.authenticate(authorization)
+                user_key = True
+            except Unauthorized as exc:
+                refused = refused or exc
+        if self.admin_keyring is None and (user_key or self.keyring is None):
+            return PermissionDenied("The admin API is disabled: start the server with --admin-api-key.")
+        if user_key:
+            return PermissionDenied("The admin API needs an admin key (--admin-api-key), not a user key.")
+        return refused
 
     def _bounded(self, receive: Receive) -> Receive:
         """`receive` that raises a 413 once a body (chunked, or longer than its `Content-Length`) passes the

@@ -34,6 +34,7 @@ class ServedModel:
     parent: str | None = None
     lineage: Lineage | None = None  # from the directory's training manifest, when tsumugi made it
     licence: dict | None = None  # the manifest's licence record, or the directory's declared terms
+    created: int | None = None  # when a runtime adapter version was loaded (None: with the service)
 
 
 def read_chat_template(directory: Path) -> str | None:
@@ -63,6 +64,29 @@ class ModelRegistry:
         self.base = base
         self.created = int(time.time())
         self._by_name = {base.name: base} | {adapter.name: adapter for adapter in adapters}
+        # Engine ids: the start-up adapters' (1..N), the null adapter's (N+1), then one per runtime version,
+        # never reused (vLLM keys its loaded adapters by id).
+        self.null_adapter_id = len(adapters) + 1
+        self._next_lora_id = len(adapters) + 2
+
+    def allocate_lora_id(self) -> int:
+        lora_id, self._next_lora_id = self._next_lora_id, self._next_lora_id + 1
+        return lora_id
+
+    def publish(self, served: ServedModel) -> ServedModel | None:
+        """Serve `served` under its name from now on; returns the model it replaces (None for a new name).
+        One dict assignment: a request resolves either the old version or the new one, never neither."""
+        previous = self._by_name.get(served.name)
+        self._by_name[served.name] = served
+        return previous
+
+    def withdraw(self, name: str) -> ServedModel:
+        """Stop serving an adapter by name (requests that already resolved it keep their version)."""
+        served = self.resolve(name)
+        if served.adapter is None:
+            raise ValueError("the base model cannot be withdrawn")
+        del self._by_name[name]
+        return served
 
     @classmethod
     def from_modules(
@@ -109,4 +133,4 @@ class ModelRegistry:
         return [Path(m.adapter.path) for m in self._by_name.values() if m.adapter is not None]
 
     def __iter__(self):
-        return iter(self._by_name.values())
+        return iter(list(self._by_name.values()))  # a copy: the admin API may change the map meanwhile

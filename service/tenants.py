@@ -89,9 +89,10 @@ class KeyRing:
         self.tenants = tenants
 
     @classmethod
-    def load(cls, keys: list[str], keys_file: Path | None) -> KeyRing:
-        """Keys from flags/env plus the keys file; raises `ValueError` naming what is wrong (never a key)."""
-        tenants = [Tenant(name=f"key-{i}", digest=digest_of(key)) for i, key in enumerate(keys, start=1)]
+    def load(cls, keys: list[str], keys_file: Path | None, prefix: str = "key") -> KeyRing:
+        """Keys from flags/env (named `<prefix>-1`, ...) plus the keys file; raises `ValueError` naming what is
+        wrong (never a key)."""
+        tenants = [Tenant(name=f"{prefix}-{i}", digest=digest_of(key)) for i, key in enumerate(keys, start=1)]
         if keys_file is not None:
             tenants += [_tenant(spec) for spec in read_keys_file(keys_file).keys]
         return cls(tenants)

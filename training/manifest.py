@@ -8,43 +8,16 @@ service returns it from `GET /v1/models/{id}`. `loss_curve.png` is drawn from th
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import subprocess
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from model_identity import file_sha256, model_identity
+
 MANIFEST_NAME = "training_manifest.json"
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "llmcompressor")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-HUB_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")  # huggingface_hub's cache layout
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def base_model_identity(base: str) -> dict:
-    """Which base model exactly. A name alone does not say which weights: a hub repository moves and a local
-    directory can be overwritten. So: the revision when the path is a hub-cache snapshot, and for a local
-    directory the SHA-256 over its weight files (each file's name and hash, in name order)."""
-    identity: dict = {"name": base, "revision": None, "weights_sha256": None}
-    path = Path(base)
-    if not path.is_dir():
-        return identity  # a hub name resolved by transformers at load time; nothing local to hash
-    snapshot = HUB_SNAPSHOT.search(str(path.resolve()))
-    identity["revision"] = snapshot.group(1) if snapshot else None
-    weights = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if weights:
-        listing = "\n".join(f"{p.name} {file_sha256(p)}" for p in weights)
-        identity["weights_sha256"] = hashlib.sha256(listing.encode("utf-8")).hexdigest()
-    return identity
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
@@ -86,7 +59,7 @@ def build_manifest(cfg, history: list[dict], skipped: list[str], datasets: dict,
         "kind": "lora-adapter" if cfg.method == "lora" else "qlora-adapter",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "base_model": cfg.base,
-        "base_model_identity": base_model_identity(cfg.base),
+        "base_model_identity": model_identity(cfg.base),
         "method": cfg.method,
         "template": cfg.data.template,
         "data_files": [

@@ -10,8 +10,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from model_identity import model_identity
 from training.errors import ModelError, OutputExistsError
-from training.manifest import base_model_identity, derived_manifest, write_manifest
+from training.manifest import derived_manifest, write_manifest
 
 MERGE_DTYPES = ("bf16", "fp16", "fp32")
 
@@ -43,7 +44,7 @@ def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> P
     merged.save_pretrained(staging, safe_serialization=True)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(staging)
 
-    details = {"base_model": str(base), "base_model_identity": base_model_identity(str(base))}
+    details = {"base_model": str(base), "base_model_identity": model_identity(str(base))}
     write_manifest(staging, derived_manifest("merged", Path(adapter), **details, adapter=str(adapter), dtype=dtype))
     publish_directory(staging, out)
     return out

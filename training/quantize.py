@@ -16,10 +16,11 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from model_identity import file_sha256
 from training.data import load_records
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.examples import render
-from training.manifest import derived_manifest, file_sha256, write_manifest
+from training.manifest import derived_manifest, write_manifest
 from training.memory import shape_from_config
 
 GROUP_SIZES = (128, 64, 32)

@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
-from service.routes import chat, completions, health, models, responses
+from service.routes import adapters, chat, completions, health, models, responses
 
 
 class ErrorBody(BaseModel):
@@ -36,8 +36,9 @@ def _error(description: str) -> dict[str, Any]:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("Invalid request: a field is missing, malformed or out of range (`param` names it)."),
     401: _error("Missing or invalid API key."),
-    403: _error("The API key may not use this model or adapter."),
+    403: _error("The API key may not use this model or adapter, or this route (admin API: admin keys only)."),
     404: _error("The model or adapter does not exist."),
+    409: _error("An adapter of that name is already served (admin API; replace it with PUT)."),
     413: _error("The request body is larger than the server accepts."),
     429: _error("Admission control: the server or the key is at its limit; see `Retry-After`."),
     500: _error("A server error; the message names the request id to report."),
@@ -47,7 +48,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 api_router = APIRouter(prefix="/v1", dependencies=[Security(bearer)], responses=ERROR_RESPONSES)
-for _module in (chat, completions, responses, models):
+for _module in (chat, completions, responses, models, adapters):
     api_router.include_router(_module.router)
 
 

@@ -17,7 +17,7 @@ def model_card(model: LoadedModel, served: ServedModel) -> dict:
     return {
         "id": served.name,
         "object": "model",
-        "created": model.registry.created,
+        "created": served.created or model.registry.created,
         "owned_by": "tsumugi",
         "root": served.root,
         "parent": served.parent,

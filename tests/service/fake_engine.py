@@ -21,6 +21,7 @@ from service.app import create_app
 from service.config import Settings
 from service.context import LoadedModel
 from service.engine_types import AdapterHandle, ChoiceDelta, EngineInfo, EngineStep, GenerationParams
+from service.errors import AdapterRejected
 from service.registry import ModelRegistry
 
 API_KEY = "fast-key"
@@ -62,6 +63,9 @@ class FakeEngine:
         self.closed: list[str] = []
         self.errored = False
         self.healthy = True
+        self.adapters: dict[int, AdapterHandle] = {}  # loaded through add_adapter, by engine id
+        self.removed: list[AdapterHandle] = []
+        self.refuse_adapters: str | None = None  # a reason: add_adapter refuses every adapter with it
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: GenerationParams, adapter: AdapterHandle | None
@@ -89,6 +93,15 @@ class FakeEngine:
 
     async def abort(self, request_ids: list[str]) -> None:
         self.aborted.extend(request_ids)
+
+    async def add_adapter(self, adapter: AdapterHandle) -> None:
+        if self.refuse_adapters is not None:
+            raise AdapterRejected(f"The engine could not load the adapter: {self.refuse_adapters}", param="path")
+        self.adapters[adapter.lora_id] = adapter
+
+    async def remove_adapter(self, adapter: AdapterHandle) -> None:
+        self.adapters.pop(adapter.lora_id, None)  # as vLLM: removing an id it never loaded is a no-op
+        self.removed.append(adapter)
 
     async def check_health(self) -> None:
         if not self.healthy:
