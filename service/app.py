@@ -42,10 +42,10 @@ import tool_prompt
 from service.admission import REJECTION_REASONS
 from service.config import Settings
 from service.context import AppContext, LoadedModel
-from service.errors import install_error_handlers
+from service.errors import AdapterRejected, install_error_handlers
 from service.middleware import RequestMiddleware
 from service.prompts import longest_token
-from service.registry import ModelRegistry
+from service.registry import AdapterError, ModelRegistry
 from service.routes import api_router, health, openapi_document
 from service.tenants import ANONYMOUS, KeyRing
 
@@ -119,7 +119,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(asyncio.to_thread(load, settings))
+        loader = asyncio.create_task(load_and_prepare(load, settings))
         stats: list[asyncio.Task] = []
         loader.add_done_callback(lambda task: stats.extend(_on_loaded(context, task, on_fatal)))
         try:
@@ -144,6 +144,30 @@ def create_app(
     app.include_router(health.router)
     app.openapi = lambda: openapi_document(app)
     return app
+
+
+async def load_and_prepare(load: ModelLoader, settings: Settings) -> LoadedModel:
+    """Load the model in a worker thread, then load the start-up adapters into the engine on this loop."""
+    model = await asyncio.to_thread(load, settings)
+    try:
+        await preload_adapters(model)
+    except BaseException:
+        model.engine.shutdown()  # nothing will be published: the engine must not outlive the failed load
+        raise
+    return model
+
+
+async def preload_adapters(model: LoadedModel) -> None:
+    """`--lora-modules` adapters go through the engine's `add_lora` before the first request, as runtime ones
+    do: vLLM would otherwise load each on its first request, and one it refuses there ends the engine for every
+    request. A refusal fails the start with vLLM's reason instead. (On this loop: vLLM's client binds its
+    utility calls to the loop that makes the first one.)"""
+    for served in model.registry:
+        if served.adapter is not None:
+            try:
+                await model.engine.add_adapter(served.adapter)
+            except AdapterRejected as exc:
+                raise AdapterError(f"adapter '{served.name}': {exc.message}") from None
 
 
 def _on_loaded(

@@ -86,6 +86,8 @@ class AdapterCatalogue:
             for served in registry
             if served.adapter is not None
         }
+        for name in self._states:
+            metrics.adapter_ready.labels(name).set(1)
         self._versions: Counter[str] = Counter({name: 1 for name in self._states})
         self._requests: Counter[str] = Counter()
         self._tasks: set[asyncio.Task] = set()

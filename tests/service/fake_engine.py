@@ -66,6 +66,7 @@ class FakeEngine:
         self.adapters: dict[int, AdapterHandle] = {}  # loaded through add_adapter, by engine id
         self.removed: list[AdapterHandle] = []
         self.refuse_adapters: str | None = None  # a reason: add_adapter refuses every adapter with it
+        self.shut_down = False
 
     async def generate(
         self, request_id: str, prompt_token_ids: list[int], params: GenerationParams, adapter: AdapterHandle | None
@@ -111,7 +112,7 @@ class FakeEngine:
         return None
 
     def shutdown(self) -> None:
-        return None
+        self.shut_down = True
 
 
 def fake_loader(engine: FakeEngine, tokenizer_dir: Path, gate: threading.Event | None = None):

@@ -206,3 +206,22 @@ async def test_an_adapter_trained_on_other_base_weights_is_refused(engine, token
         ours = await client.post("/v1/adapters", json={"name": "b", "path": "ours"}, headers=ADMIN)
     assert "trained on other base weights" in error["message"] and ours.status_code == 201
     assert [h.name for h in engine.adapters.values()] == ["b@v1"]
+
+
+async def test_start_up_adapters_are_loaded_before_the_first_request(engine, tokenizer_dir, root):
+    app = fake_app(engine, tokenizer_dir, lora_modules=[f"support={root / 'support'}"])
+    async with running_app(app) as client:
+        loaded = [h.name for h in engine.adapters.values()]
+        assert (await client.get("/health")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    assert loaded == ["support"] and 'tsumugi_adapter_ready{model="support"} 1.0' in metrics
+
+
+async def test_a_start_up_adapter_the_engine_refuses_fails_the_start(engine, tokenizer_dir, root):
+    engine.refuse_adapters = "While loading support, expected target modules in {'q_proj'} but received ['x']"
+    app = fake_app(engine, tokenizer_dir, lora_modules=[f"support={root / 'support'}"])
+    async with running_app(app) as client:
+        health = await client.get("/health")
+    assert health.status_code == 503
+    assert "adapter 'support': The engine could not load the adapter: While loading" in health.json()["detail"]
+    assert engine.shut_down

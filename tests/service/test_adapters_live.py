@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,3 +200,16 @@ def test_a_version_rewritten_in_place_is_served_fresh(live):
     assert all_same(outputs(live.url, "y", LONG_PROMPTS), reference)
     for name in ("y", "r6"):
         assert admin(live, "DELETE", f"/adapters/{name}").status_code == 200
+
+
+def test_a_start_up_adapter_the_engine_refuses_stops_the_start(tiny_model: Path, tmp_path: Path):
+    """Loaded through add_lora at start: the refusal ends the start with vLLM's reason, exit 1 (before this, the
+    service started and the engine died at the adapter's first request)."""
+    broken = write_random_adapter(tiny_model, tmp_path / "broken", seed=9)
+    rename_module(broken, "q_proj", "no_such_proj")
+    command = [sys.executable, "-m", "service", "--model", str(tiny_model), "--lora-modules", f"b={broken}",
+               "--no-auth", "--port", "0", "--max-model-len", "512"]  # fmt: skip
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "adapter 'b': The engine could not load the adapter" in run.stderr
