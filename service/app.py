@@ -39,6 +39,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 import tool_prompt
+from service.adapter_watch import AdapterDirWatcher
 from service.admission import REJECTION_REASONS
 from service.config import Settings
 from service.context import AppContext, LoadedModel
@@ -194,7 +195,11 @@ def _on_loaded(
         if served.lineage is not None:
             logger.info("model %s lineage %s", served.name, json.dumps(served.lineage.summary(), ensure_ascii=False))
     loop = asyncio.get_running_loop()
-    return [loop.create_task(_log_stats(model)), loop.create_task(_watch_engine(context, model, on_fatal))]
+    tasks = [loop.create_task(_log_stats(model)), loop.create_task(_watch_engine(context, model, on_fatal))]
+    settings = context.settings
+    if settings.watch_adapter_dir and settings.adapter_dir is not None and context.adapters is not None:
+        tasks.append(loop.create_task(AdapterDirWatcher(context.adapters, settings.adapter_dir).run()))
+    return tasks
 
 
 async def _watch_engine(

@@ -9,7 +9,11 @@ What vLLM 0.32 does and does not do decides the rules here (read in its `lora/` 
   kept the old name could reuse the old version's cached prefixes (vLLM #42125) or collide with it inside one
   batch. Every loaded **version** gets its own engine name (`name@vN`) and engine id, never reused;
 * `add_lora` validates an adapter before it evicts anything; a load that fails later, inside a batch, ends the
-  engine. So a version is loaded (and refused, with the engine's reason) before any request can name it.
+  engine. So a version is loaded (and refused, with the engine's reason) before any request can name it;
+* it keeps `--max-cpu-loras` adapters in memory and reads the others from disk when a request needs them, and
+  says which it holds only when asked (`list_loras`). So each adapter request asks, as it is sent: a request
+  that finds its version out of memory counts as a cold load (its time to first token is the first-request
+  load time), and a served version seen in memory before and out of it now counts as an eviction.
 
 Every admin change holds one lock: calls for a name are serialised, and the name is switched to the new
 version in one step (`ModelRegistry.publish`), so requests that resolved the old version finish on it and later
@@ -26,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from model_identity import weights_sha256
 from service.adapter_checks import adapter_directory, check_base, check_name, read_adapter
@@ -38,6 +42,7 @@ from service.registry import ModelRegistry, ServedModel, read_chat_template
 
 logger = logging.getLogger(__name__)
 admin_log = logging.getLogger("tsumugi.admin")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -92,27 +97,51 @@ class AdapterCatalogue:
         self._requests: Counter[str] = Counter()
         self._tasks: set[asyncio.Task] = set()
         self._base_sha256: str | None = None  # "" once computed for a base without local weights
+        self._resident: set[int] = set()  # the engine ids in memory when last asked
 
     # ---- requests ---------------------------------------------------------------------------------------------
-    def lease(self, served: ServedModel) -> Callable[[], None]:
+    def lease(self, served: ServedModel) -> Callable[[float | None], None]:
         """Hold `served`'s adapter version until the returned release is called (once the engine stream is
-        closed). The base model needs no lease."""
+        closed, with the request's time to first token). The base model needs no lease."""
         handle = served.adapter
         if handle is None:
             return _nothing
         self._leases[handle.lora_id] += 1
         self._requests[served.name] += 1
+        probe = self._spawn(self._was_resident(handle.lora_id))
 
-        def release() -> None:
+        def release(ttft_s: float | None) -> None:
             self._leases[handle.lora_id] -= 1
             if self._leases[handle.lora_id] <= 0:
                 del self._leases[handle.lora_id]
                 if handle.lora_id in self._retired:
                     self._spawn(self._unload(self._retired.pop(handle.lora_id)))
+            if probe.done() and probe.result() is False:
+                self.metrics.adapter_cold_loads.labels(served.name).inc()
+                if ttft_s is not None:
+                    self.metrics.adapter_cold_start.observe(ttft_s)
 
         return release
 
+    async def _was_resident(self, lora_id: int) -> bool | None:
+        """Whether the engine held this version in memory as the request was sent (None: it did not say);
+        counts the evictions seen since it was last asked."""
+        try:
+            resident = await self.engine.resident_adapter_ids()
+        except Exception:  # the engine is stopping or dead; the request itself reports that
+            return None
+        served = {s.adapter.lora_id for s in self.registry if s.adapter is not None} | self._retired.keys()
+        self.metrics.adapter_evictions.inc(len((self._resident - resident) & served))
+        self.metrics.adapters_in_memory.set(len(resident & served))
+        self._resident = resident
+        return lora_id in resident
+
     # ---- admin ------------------------------------------------------------------------------------------------
+    def serves(self, name: str) -> bool:
+        """Whether a version of `name` is loaded and served now."""
+        state = self._states.get(name)
+        return state is not None and state.state == "ready"
+
     def requests_served(self, name: str) -> int:
         return self._requests[name]
 
@@ -154,11 +183,12 @@ class AdapterCatalogue:
         # "loading" while the engine loads the version; the previous version, if any, serves meanwhile
         self._states[name] = AdapterState(name, "loading", str(path), version)
         started = time.perf_counter()
+        stage = "check"
         try:
             served = await self._checked(name, path, version)
+            stage = "engine"
             await self.engine.add_adapter(served.adapter)
         except APIError as exc:
-            stage = "engine" if exc.message.startswith("The engine") else "check"
             self.metrics.adapter_load_failures.labels(stage).inc()
             _log_action(action, name, version, str(path), f"refused: {exc.message}")
             if previous is not None and previous.state == "ready":
@@ -212,10 +242,11 @@ class AdapterCatalogue:
         except Exception as exc:  # the engine may be shutting down; the version is unreachable either way
             logger.warning("removing adapter version %s from the engine failed: %s", handle.name, exc)
 
-    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+    def _spawn(self, work: Coroutine[None, None, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)  # held: the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def settled(self) -> None:
         """Wait for pending unloads (tests, shutdown)."""
@@ -223,7 +254,7 @@ class AdapterCatalogue:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def _nothing() -> None:
+def _nothing(ttft_s: float | None) -> None:
     return None
 
 

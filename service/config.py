@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         default=None,
         description="directory the admin API loads adapters from (POST/PUT /v1/adapters); enables runtime adapters",
     )
+    watch_adapter_dir: bool = Field(
+        default=False,
+        description="serve every complete subdirectory of --adapter-dir (with a tsumugi-ready marker) by its name",
+    )
     admin_api_keys: Annotated[list[str], NoDecode] = Field(
         default=[], description="keys for the admin API (/v1/adapters), separate from user keys"
     )
@@ -161,6 +165,12 @@ class Settings(BaseSettings):
                 "no API keys configured (TSUMUGI_API_KEYS / --api-key / --api-keys-file are empty); "
                 "pass --no-auth to serve without authentication"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _watch_needs_a_dir(self) -> Settings:
+        if self.watch_adapter_dir and self.adapter_dir is None:
+            raise ValueError("--watch-adapter-dir watches --adapter-dir; pass both")
         return self
 
     @model_validator(mode="after")

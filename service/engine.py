@@ -290,6 +290,10 @@ class Engine:
         """Unload a version no request uses any more (the catalogue's leases say when)."""
         await self._llm.remove_lora(adapter.lora_id)
 
+    async def resident_adapter_ids(self) -> set[int]:
+        """vLLM's CPU-side LoRA cache (`--max-cpu-loras`, least recently used first out)."""
+        return set(await self._llm.list_loras())
+
     def lora_request(self, adapter: AdapterHandle | None) -> LoRARequest | None:
         adapter = adapter or self.info.null_adapter
         if adapter is None:

@@ -113,6 +113,10 @@ class EngineClient(Protocol):
 
     async def remove_adapter(self, adapter: AdapterHandle) -> None: ...
 
+    async def resident_adapter_ids(self) -> set[int]:
+        """Engine ids of the adapters held in memory now; the others are read from disk when next used."""
+        ...
+
     async def check_health(self) -> None: ...
 
     @property

@@ -82,7 +82,7 @@ class Generation:
         self._settled = False
         self._lifecycle_key = lifecycle_key
         self.num_prompt_tokens = num_prompt_tokens
-        self._release_adapter: Callable[[], None] = _no_lease
+        self._release_adapter: Callable[[float | None], None] = _no_lease
 
     @classmethod
     async def start(
@@ -195,8 +195,8 @@ class Generation:
         try:
             await self._stream.aclose()
         finally:
-            self._release_adapter()  # after the close: the engine has the abort before the version can go
             tracker = self._tracker
+            self._release_adapter(tracker.ttft_s)  # after the close: the engine has the abort before the version can go
             tracker.finish(status, self.num_prompt_tokens)
             self._ticket.release(tracker.num_output_tokens)
             self._lifecycle.finished(self._lifecycle_key)
@@ -205,7 +205,7 @@ class Generation:
             record.ttft_s = tracker.ttft_s
 
 
-def _no_lease() -> None:
+def _no_lease(ttft_s: float | None) -> None:
     return None
 
 

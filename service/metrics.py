@@ -82,6 +82,24 @@ class ServiceMetrics:
             "tsumugi_adapter_load_failures", "Adapters refused by the admin API, by where they failed.", ["stage"],
             registry=r,
         )  # fmt: skip
+        self.adapter_cold_loads = Counter(
+            "tsumugi_adapter_cold_loads",
+            "Requests whose adapter was not in the engine's memory when sent (read from disk first), by model.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.adapter_cold_start = Histogram(
+            "tsumugi_adapter_cold_start_seconds",
+            "Time to first token of requests whose adapter was read from disk (compare with tsumugi_ttft_seconds).",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.adapter_evictions = Counter(
+            "tsumugi_adapter_evictions",
+            "Served adapter versions pushed out of the engine's memory by others (--max-cpu-loras).", registry=r,
+        )  # fmt: skip
+        self.adapters_in_memory = Gauge(
+            "tsumugi_adapters_in_memory", "Served adapter versions held in the engine's memory (last seen).",
+            registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "tsumugi_queue_depth", "Admitted requests waiting for their first engine step.", registry=r
         )

@@ -66,6 +66,7 @@ class FakeEngine:
         self.adapters: dict[int, AdapterHandle] = {}  # loaded through add_adapter, by engine id
         self.removed: list[AdapterHandle] = []
         self.refuse_adapters: str | None = None  # a reason: add_adapter refuses every adapter with it
+        self.resident: set[int] | None = None  # what resident_adapter_ids says (None: every loaded adapter)
         self.shut_down = False
 
     async def generate(
@@ -103,6 +104,9 @@ class FakeEngine:
     async def remove_adapter(self, adapter: AdapterHandle) -> None:
         self.adapters.pop(adapter.lora_id, None)  # as vLLM: removing an id it never loaded is a no-op
         self.removed.append(adapter)
+
+    async def resident_adapter_ids(self) -> set[int]:
+        return set(self.adapters) if self.resident is None else set(self.resident)
 
     async def check_health(self) -> None:
         if not self.healthy:

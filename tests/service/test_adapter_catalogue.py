@@ -225,3 +225,30 @@ async def test_a_start_up_adapter_the_engine_refuses_fails_the_start(engine, tok
     assert health.status_code == 503
     assert "adapter 'support': The engine could not load the adapter: While loading" in health.json()["detail"]
     assert engine.shut_down
+
+
+async def test_cold_loads_and_evictions_are_counted(engine, tokenizer_dir, root):
+    """The engine says which adapters it holds in memory: a request for one it does not hold is a cold load
+    (its time to first token observed apart), and one seen held before and gone now is an eviction."""
+    app = admin_app(engine, tokenizer_dir, root)
+    async with running_app(app) as client:
+        for name, path in (("ja", "ja-v1"), ("support", "support")):
+            assert (await client.post("/v1/adapters", json={"name": name, "path": path}, headers=ADMIN)).is_success
+        ja, support = (h.lora_id for h in engine.adapters.values())
+        catalogue = app.state.context.adapters
+
+        async def ask(model: str) -> None:
+            assert (await client.post("/v1/chat/completions", json={**CHAT, "model": model})).status_code == 200
+            await catalogue.settled()
+
+        engine.resident = {ja}  # ja in memory, support on disk
+        await ask("ja")
+        await ask("support")
+        engine.resident = {support}  # support read in, ja pushed out
+        await ask("support")
+        metrics = (await client.get("/metrics")).text
+    assert 'tsumugi_adapter_cold_loads_total{model="support"} 1.0' in metrics
+    assert 'tsumugi_adapter_cold_loads_total{model="ja"}' not in metrics
+    assert "tsumugi_adapter_cold_start_seconds_count 1.0" in metrics
+    assert "tsumugi_adapter_evictions_total 1.0" in metrics
+    assert "tsumugi_adapters_in_memory 1.0" in metrics

@@ -23,6 +23,7 @@ import openai
 import pytest
 
 from launcher import service_process
+from service.adapter_watch import READY_MARKER
 from tests.fixtures.adapters import write_random_adapter
 from tests.service.conftest import API_KEY, BASE
 from tests.service.test_adapters import same_tokens
@@ -62,7 +63,8 @@ def rename_module(adapter: Path, old: str, new: str) -> None:
 
 @pytest.fixture(scope="module")
 def live(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    """A server with one start-up adapter ('ada'), runtime adapters from `root`, one engine slot."""
+    """A server with one start-up adapter ('ada'), runtime adapters from `root` (watched: none of its
+    directories has the ready marker until a test writes one), one engine slot."""
     root = tmp_path_factory.mktemp("adapter-root")
     copy_weights(adapters["ada"], root / "ada-copy")
     copy_weights(adapters["ja"], root / "ja-copy")
@@ -73,7 +75,7 @@ def live(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest.T
     rename_module(broken, "q_proj", "no_such_proj")  # passes our checks; the engine itself must refuse it
     args = [
         "--model", str(tiny_model), "--served-model-name", BASE, "--lora-modules", f"ada={adapters['ada']}",
-        "--adapter-dir", str(root), "--admin-api-key", ADMIN_KEY, "--api-key", API_KEY,
+        "--adapter-dir", str(root), "--watch-adapter-dir", "--admin-api-key", ADMIN_KEY, "--api-key", API_KEY,
         "--max-loras", "1", "--max-cpu-loras", "2", "--max-lora-rank", "8", "--max-model-len", "512",
     ]  # fmt: skip
     with service_process(args, tmp_path_factory.mktemp("logs") / "live.log") as proc:
@@ -98,6 +100,26 @@ def outputs(base_url: str, model: str, prompts: list[str] = PROMPTS) -> list[lis
         return [await completion(client, model, prompt) for prompt in prompts]
 
     return asyncio.run(run())
+
+
+def metric_value(exposition: str, series: str) -> float:
+    """A series' value in a Prometheus text exposition (0 when absent)."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def wait_for_adapter(server, name: str, version: int | None, timeout: float = 60) -> None:
+    """Poll the admin API until `name` is ready at `version` (None: until it is gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {a["id"]: a for a in admin(server, "GET", "/adapters").json()["data"]}
+        state = states.get(name)
+        if (version is None and state is None) or (state and (state["state"], state["version"]) == ("ready", version)):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{name} not at version {version} after {timeout} s: {states.get(name)}")
 
 
 def all_same(a: list, b: list) -> bool:
@@ -167,6 +189,10 @@ def test_more_adapters_than_slots_each_get_their_solo_output(live):
 
     for (name, i), tokens in asyncio.run(round_robin()):
         assert same_tokens(tokens, solo[name][i]), (name, PROMPTS[i])
+    metrics = httpx.get(f"{live.url}/metrics", timeout=30).text
+    assert metric_value(metrics, 'tsumugi_adapter_cold_loads_total{model="s5"}') >= 1, metrics
+    assert metric_value(metrics, "tsumugi_adapter_evictions_total") >= 1
+    assert metric_value(metrics, "tsumugi_adapter_cold_start_seconds_count") >= 1
     for name in ("s5", "s6", "j"):
         assert admin(live, "DELETE", f"/adapters/{name}").status_code == 200
 
@@ -213,3 +239,26 @@ def test_a_start_up_adapter_the_engine_refuses_stops_the_start(tiny_model: Path,
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 1, run.stderr[-2000:]
     assert "adapter 'b': The engine could not load the adapter" in run.stderr
+
+
+def test_a_watched_directory_is_served_by_its_name(live, server):
+    """Complete (marker) directories under --adapter-dir appear, change and go with no admin call."""
+    reference = {name: outputs(server.url, name) for name in ("ada", "ja")}
+    watched = copy_weights(live.root / "ada-copy", live.root / "watched")
+    time.sleep(6)  # a scan passes; without its marker the directory is not served
+    assert "watched" not in [a["id"] for a in admin(live, "GET", "/adapters").json()["data"]]
+    (watched / READY_MARKER).write_text("")
+    wait_for_adapter(live, "watched", 1)
+    assert all_same(outputs(live.url, "watched"), reference["ada"])
+
+    (watched / READY_MARKER).unlink()  # rewrite it: marker off, new weights, marker on
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(live.root / "ja-copy" / name, watched / name)
+    (watched / READY_MARKER).write_text("")
+    wait_for_adapter(live, "watched", 2)
+    assert all_same(outputs(live.url, "watched"), reference["ja"])
+
+    shutil.rmtree(watched)
+    wait_for_adapter(live, "watched", None)
+    with pytest.raises(openai.NotFoundError):
+        outputs(live.url, "watched")
