@@ -294,3 +294,19 @@ def test_memory_is_guaranteed_and_covers_shared_memory(rendered, overlay):
 def _gibibytes(quantity: str) -> float:
     units = {"Gi": 1, "Mi": 1 / 1024, "Ti": 1024}
     return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_lora_overlay_opens_the_admin_api_from_an_optional_secret(rendered):
+    """Runtime adapters load from where the training Job writes them; the admin keys come from their own
+    Secret (separate from user keys), optional so that without it the admin API stays closed."""
+    docs = rendered["overlays/lora"]
+    config = serving_config(docs)["data"]
+    (server,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    served = dict(module.split("=", 1) for module in config["TSUMUGI_LORA_MODULES"].split(","))
+    assert all(path.startswith(config["TSUMUGI_ADAPTER_DIR"] + "/") for path in served.values())
+    admin = next(e for e in server["env"] if e["name"] == "TSUMUGI_ADMIN_API_KEYS")["valueFrom"]["secretKeyRef"]
+    user = next(e for e in server["env"] if e["name"] == "TSUMUGI_API_KEYS")["valueFrom"]["secretKeyRef"]
+    assert admin["optional"] is True and admin["name"] != user["name"]
+    for overlay in ("fp16", "awq"):  # the other overlays keep the admin API closed
+        (other,) = one(rendered[f"overlays/{overlay}"], "Deployment")["spec"]["template"]["spec"]["containers"]
+        assert "TSUMUGI_ADMIN_API_KEYS" not in {e["name"] for e in other["env"]}
