@@ -82,6 +82,8 @@ class ServiceMetrics:
             "tsumugi_adapter_load_failures", "Adapters refused by the admin API, by where they failed.", ["stage"],
             registry=r,
         )  # fmt: skip
+        for stage in ("check", "engine"):  # at 0 from the start, for rate() and the dashboard
+            self.adapter_load_failures.labels(stage)
         self.adapter_cold_loads = Counter(
             "tsumugi_adapter_cold_loads",
             "Requests whose adapter was not in the engine's memory when sent (read from disk first), by model.",
