@@ -1,4 +1,4 @@
-"""`python -m training <command>`: sft, merge, quantize, memory, demo, tool-demo.
+"""`python -m training <command>`: sft, merge, quantize, memory, demo, tool-demo, eval.
 
 Only the chosen command's arguments are defined, and each command imports its libraries itself, so `memory`
 runs on the standard library alone (no torch, pydantic or httpx) and stays instant. A user mistake (a
@@ -79,6 +79,12 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     add(p)
 
 
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from training.evaluation.cli import add_eval_arguments as add
+
+    add(p)
+
+
 def add_tool_demo_arguments(p: argparse.ArgumentParser) -> None:
     from training.tool_demo import add_tool_demo_arguments as add
 
@@ -92,6 +98,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {  
     "memory": ("predict GPU memory for serving or fine-tuning", add_memory_arguments),
     "demo": ("LoRA on the Japanese sample, then the before/after table", add_demo_arguments),
     "tool-demo": ("LoRA on the tool-calling sample, then base vs adapter calls", add_tool_demo_arguments),
+    "eval": ("evaluate served models: llm-jp-eval tasks, judge grading, scoring pairs", add_eval_arguments),
 }
 
 

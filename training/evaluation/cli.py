@@ -1,0 +1,161 @@
+"""`python -m training eval <command>`: score, run, judge.
+
+* `score` scores a file of (prediction, reference) pairs with llm-jp-eval's metrics, no model involved.
+* `run` asks one or more served models (`--model NAME` or `NAME@URL`, repeatable) every item of llm-jp-eval
+  task files, scores them and writes `report.md`, `report.json`, `report.png` and `predictions.jsonl`.
+* `judge` has the models answer open questions and a judge model grade them (1-10, and A-vs-B in both
+  orders when there are two or more models), with the same report.
+
+Both `run` and `judge` keep every answer in a cache (default `<out>/cache`), so a killed run started again
+asks only what it has no answer for, and a rerun at temperature 0 asks nothing and scores the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from training.evaluation.atomic_files import write_atomically
+from training.evaluation.runner import Runner, add_endpoint_arguments, api_key_for, runner_from_args
+from training.evaluation.score_pairs import add_score_arguments
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    """The `eval` command's own commands, each with its flags."""
+    commands = p.add_subparsers(dest="eval_command", required=True)
+    add_score_arguments(commands.add_parser("score", help="score a JSONL file of prediction/reference pairs"))
+    add_run_arguments(commands.add_parser("run", help="ask served models llm-jp-eval tasks, report with CIs"))
+    add_judge_arguments(commands.add_parser("judge", help="open questions graded by a judge model"))
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """What `run` and `judge` share: the models under test, the output folder, the endpoint and runner flags."""
+    p.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        required=True,
+        metavar="NAME[@URL]",
+        help="a served model to evaluate (repeat to compare; NAME@URL for another endpoint's model)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for the report, predictions and cache")
+    add_endpoint_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tasks",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="task files (llm-jp-eval .json, or our .jsonl) or folders of them (e.g. llm-jp-eval's evaluation/test)",
+    )
+    add_model_arguments(p)
+    prompts = p.add_argument_group("prompts (defaults: llm-jp-eval v1.3.0's)")
+    prompts.add_argument("--mode", choices=["alpaca", "chat"], default="alpaca", help="completions or chat template")
+    prompts.add_argument("--num-few-shots", type=int, default=4)
+    prompts.add_argument("--max-samples", type=_samples, default=100, help="first N samples per task, or 'all'")
+    prompts.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(handler=run_tasks_command)
+
+
+def add_judge_arguments(p: argparse.ArgumentParser) -> None:
+    from training.evaluation.judge import ANSWER_MAX_TOKENS, JUDGE_MAX_TOKENS
+
+    p.add_argument("--questions", type=Path, required=True, help='JSONL: {"id", "category", "question", "reference"?}')
+    add_model_arguments(p)
+    judge = p.add_argument_group("judge")
+    judge.add_argument("--judge-model", required=True, help="the judge's model name on --judge-base-url")
+    judge.add_argument("--judge-base-url", help="the judge's API root (default: --base-url)")
+    judge.add_argument("--judge-api-key", help="the judge's key (default: as --api-key for that URL)")
+    judge.add_argument("--judge-temperature", type=float, default=0.0)
+    judge.add_argument("--answer-max-tokens", type=int, default=ANSWER_MAX_TOKENS)
+    judge.add_argument("--judge-max-tokens", type=int, default=JUDGE_MAX_TOKENS)
+    p.set_defaults(handler=run_judge_command)
+
+
+def _samples(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_tasks_command(args: argparse.Namespace) -> None:
+    from training.evaluation.comparison import compare_models, parse_targets, write_predictions
+    from training.evaluation.report import build_report, render_markdown, write_report
+    from training.evaluation.tasks import PromptSettings, load_tasks
+
+    settings = PromptSettings(
+        num_few_shots=args.num_few_shots, max_samples=args.max_samples, mode=args.mode, temperature=args.temperature
+    )
+    tasks = [task for path in args.tasks for task in load_tasks(path)]
+    targets = parse_targets(args.models, args.base_url, _api_key(args.base_url, args.api_key))
+    comparison = compare_models(_runner(args), targets, tasks, settings)
+    report = build_report(comparison.scores)
+    write_predictions(args.out / "predictions.jsonl", comparison.predictions)
+    _finish(args.out, write_report(report, args.out), render_markdown(report), comparison.num_sent,
+            comparison.num_cache_hits)  # fmt: skip
+
+
+def run_judge_command(args: argparse.Namespace) -> None:
+    from training.evaluation.comparison import parse_targets
+    from training.evaluation.judge import answer_questions, compare_answers, grade_answers, load_questions
+    from training.evaluation.report import build_report, render_markdown, write_report
+    from training.evaluation.runner import Endpoint
+
+    questions = load_questions(args.questions)
+    targets = parse_targets(args.models, args.base_url, _api_key(args.base_url, args.api_key))
+    judge_url = args.judge_base_url or args.base_url
+    judge = Endpoint(base_url=judge_url, model=args.judge_model, api_key=_api_key(judge_url, args.judge_api_key))
+    runner = _runner(args)
+    sent = hits = 0
+    answers = {}
+    for target in targets:
+        answers[target.label] = answer_questions(runner, target.endpoint, questions, max_tokens=args.answer_max_tokens)
+        sent, hits = sent + runner.sent, hits + runner.cache_hits
+    judged = dict(max_tokens=args.judge_max_tokens, temperature=args.judge_temperature)
+    gradings = []
+    for target in targets:
+        gradings.append(grade_answers(runner, judge, questions, answers[target.label], model=target.label, **judged))
+        sent, hits = sent + runner.sent, hits + runner.cache_hits
+    pairings = []
+    first = targets[0]
+    for other in targets[1:]:  # the first model (the baseline) against each other one
+        pair = (first.label, other.label)
+        pairings.append(compare_answers(runner, judge, questions, answers[pair[0]], answers[pair[1]], models=pair,
+                                        **judged))  # fmt: skip
+        sent, hits = sent + runner.sent, hits + runner.cache_hits
+    report = build_report([g.item_scores() for g in gradings], [p.verdicts() for p in pairings])
+    judgements = {"single": [g.to_json() for g in gradings], "pairwise": [p.to_json() for p in pairings]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(judgements, ensure_ascii=False, indent=1) + "\n"
+    write_atomically(args.out / "judgements.json", data.encode("utf-8"))
+    failures = sum(g.parse_failures for g in gradings) + sum(p.parse_failures for p in pairings)
+    print(f"judge replies unparsed after one retry (excluded, not scored): {failures}")
+    _finish(args.out, write_report(report, args.out), render_markdown(report), sent, hits)
+
+
+def _runner(args: argparse.Namespace) -> Runner:
+    """The runner of the endpoint flags; its cache defaults to `<out>/cache`, so running the same command
+    again resumes it."""
+    if args.cache_dir is None:
+        args.cache_dir = args.out / "cache"
+    return runner_from_args(args)
+
+
+def _api_key(base_url: str, given: str | None) -> str | None:
+    return api_key_for(base_url, given, os.environ)
+
+
+def _finish(out: Path, files: list[Path], markdown: str, num_sent: int, num_cache_hits: int) -> None:
+    print(markdown)
+    print(f"requests sent: {num_sent}, answers from the cache: {num_cache_hits}")
+    print(f"written: {', '.join(str(f) for f in files)}")

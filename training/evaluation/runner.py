@@ -1,0 +1,459 @@
+"""Ask any OpenAI-compatible endpoint (ours, vLLM's, OpenAI's) for many answers: concurrent, retried, cached.
+
+Models are reached only over HTTP, so the same evaluation runs against a local adapter, a vLLM server or a
+hosted model. `Runner.run(endpoint, payloads)` sends each payload (an OpenAI request body without `model`)
+to `/completions` when it has a `prompt` and to `/chat/completions` when it has `messages`, at most
+`concurrency` at a time, and returns the answers in payload order.
+
+Retries: 429, 502, 503, 504, connection errors and timeouts are retried up to `max_retries` times, after the
+server's `Retry-After` (seconds or an HTTP date, capped at `max_retry_after_s`) or else an exponential
+backoff with jitter. Any other refusal (a 4xx: unknown model, bad parameter, wrong key) is the user's to fix
+and stops the run at once with the server's message, as does a 200 that is not an OpenAI answer.
+
+Cache: with a `cache_dir`, every answer is committed to `cache_dir/answers.sqlite3` as soon as it arrives,
+keyed by the sha256 of canonical JSON of (base URL, model, full request body). A run killed half-way keeps
+what it got; rerunning sends only what is missing, and a complete rerun sends nothing and returns the same
+answers with `cached=True`. Errors are never cached, and the API key is neither part of the key nor stored
+(the same model behind a new key gives the same answers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from tqdm import tqdm
+
+from training.errors import ConfigError, TrainingError
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+CACHE_FILE = "answers.sqlite3"
+API_KEY_ENV = "TSUMUGI_EVAL_API_KEY"
+OPENAI_HOST = "api.openai.com"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
+
+class EndpointError(TrainingError):
+    """The endpoint refused a request, or kept failing: the message names the URL, the model and the reason."""
+
+
+class _GaveUp(Exception):
+    """Retries of one request are used up; `_fetch_all` turns this into an EndpointError with the run's counts."""
+
+    def __init__(self, url: str, attempts: int, failure: str) -> None:
+        super().__init__(failure)
+        self.url, self.attempts, self.failure = url, attempts, failure
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to ask and which model: `base_url` up to and including `/v1`. The key is kept out of repr."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if urlsplit(self.base_url).scheme not in ("http", "https") or not urlsplit(self.base_url).netloc:
+            raise ConfigError(f"--base-url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {self.base_url!r}")
+        if not self.model.strip():
+            raise ConfigError("the model name is empty")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))  # `.../v1/` and `.../v1` are one endpoint
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A model's answer to one payload; `cached` says it came from the cache rather than the endpoint."""
+
+    text: str
+    finish_reason: str | None
+    cached: bool
+    usage: dict | None
+
+
+@dataclass(frozen=True)
+class _Request:
+    key: str
+    path: str
+    body: dict  # the payload plus `model`: exactly what is sent and what the key is made of
+
+
+def cache_key(endpoint: Endpoint, body: Mapping) -> str:
+    """sha256 of canonical JSON of (base URL, model, full body): any change to what is asked is a new key."""
+    material = {"base_url": endpoint.base_url, "model": endpoint.model, "request": body}
+    return hashlib.sha256(_canonical(material)).hexdigest()
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _request(endpoint: Endpoint, payload: Mapping) -> _Request:
+    """The body to send for one payload, and where: a payload is a request body without `model`."""
+    if not isinstance(payload, Mapping) or ("prompt" in payload) == ("messages" in payload):
+        raise ValueError(f"a payload needs exactly one of 'prompt' (completions) or 'messages' (chat), got {payload!r}")
+    if "model" in payload:
+        raise ValueError("a payload must not name the model; the endpoint does")
+    body = {**payload, "model": endpoint.model}
+    path = "/completions" if "prompt" in payload else "/chat/completions"
+    return _Request(key=cache_key(endpoint, body), path=path, body=body)
+
+
+class AnswerCache:
+    """Answers on disk, one sqlite row per key, committed one by one so a killed run loses nothing it got.
+
+    Used from one thread (the event loop's, which is the caller's), so there is a single writer."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / CACHE_FILE
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS answers "
+                "(key TEXT PRIMARY KEY, request TEXT NOT NULL, answer TEXT NOT NULL, created REAL NOT NULL)"
+            )
+            self._db.commit()
+        except (OSError, sqlite3.Error) as error:
+            raise ConfigError(f"--cache-dir: cannot use {self.path} as the answer cache: {error}") from error
+
+    def get(self, key: str) -> Answer | None:
+        row = self._db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        stored = json.loads(row[0])
+        return Answer(text=stored["text"], finish_reason=stored["finish_reason"], cached=True, usage=stored["usage"])
+
+    def put(self, request: _Request, endpoint: Endpoint, answer: Answer) -> None:
+        stored = {"text": answer.text, "finish_reason": answer.finish_reason, "usage": answer.usage}
+        request_json = {"base_url": endpoint.base_url, "path": request.path, "body": request.body}
+        self._db.execute(
+            "INSERT OR REPLACE INTO answers (key, request, answer, created) VALUES (?, ?, ?, ?)",
+            (request.key, _canonical(request_json).decode(), json.dumps(stored, ensure_ascii=False), time.time()),
+        )
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Runner:
+    """Sends payloads to an endpoint; after each `run`, `sent`, `cache_hits` and `retries` say what it did.
+
+    `sent` counts HTTP requests actually sent (retries included), `cache_hits` payloads answered from the
+    cache, `retries` the requests sent again after a retryable failure. They describe the last `run` only.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path | None,
+        concurrency: int = 8,
+        max_retries: int = 5,
+        timeout_s: float = 120.0,
+        progress: bool = True,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 60.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+        if max_retries < 0:
+            raise ConfigError(f"--max-retries must be 0 or more, got {max_retries}")
+        if not timeout_s > 0:
+            raise ConfigError(f"--timeout must be a positive number of seconds, got {timeout_s}")
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.concurrency, self.max_retries, self.timeout_s = concurrency, max_retries, timeout_s
+        self.progress = progress
+        self.backoff_s, self.max_backoff_s, self.max_retry_after_s = backoff_s, max_backoff_s, max_retry_after_s
+        self.sent = self.cache_hits = self.retries = 0
+        self._random = random.Random()
+
+    def run(self, endpoint: Endpoint, payloads: list[dict], description: str = "") -> list[Answer]:
+        """Answers to `payloads`, in their order: from the cache where there, from the endpoint otherwise."""
+        self.sent = self.cache_hits = self.retries = 0
+        requests = [_request(endpoint, payload) for payload in payloads]
+        with self._open_cache() as cache:
+            answers = self._cached_answers(cache, requests)
+            self.cache_hits = sum(1 for request in requests if request.key in answers)
+            missing = list({r.key: r for r in requests if r.key not in answers}.values())  # each distinct once
+            if missing:
+                copies = Counter(request.key for request in requests)
+                with self._progress_bar(len(requests), self.cache_hits, description or endpoint.model) as bar:
+                    asyncio.run(self._fetch_all(endpoint, missing, cache, answers, lambda key: bar.update(copies[key])))
+        return [answers[request.key] for request in requests]
+
+    @contextlib.contextmanager
+    def _open_cache(self) -> Iterator[AnswerCache | None]:
+        cache = None if self.cache_dir is None else AnswerCache(self.cache_dir)
+        try:
+            yield cache
+        finally:
+            if cache is not None:
+                cache.close()
+
+    @staticmethod
+    def _cached_answers(cache: AnswerCache | None, requests: list[_Request]) -> dict[str, Answer]:
+        if cache is None:
+            return {}
+        found = {request.key: cache.get(request.key) for request in requests}
+        return {key: answer for key, answer in found.items() if answer is not None}
+
+    def _progress_bar(self, total: int, done: int, description: str) -> tqdm:
+        disable = not self.progress
+        return tqdm(total=total, initial=done, desc=description, unit="answer", file=sys.stderr, disable=disable)
+
+    async def _fetch_all(
+        self,
+        endpoint: Endpoint,
+        missing: list[_Request],
+        cache: AnswerCache | None,
+        answers: dict[str, Answer],
+        advance: Callable[[str], None],
+    ) -> None:
+        """Fetch concurrently; store each answer the moment it arrives; on the first failure stop the rest."""
+        semaphore = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=_headers(endpoint)) as client:
+            tasks = [asyncio.create_task(self._fetch_one(client, semaphore, endpoint, r)) for r in missing]
+            try:
+                for next_answer in asyncio.as_completed(tasks):
+                    request, answer = await next_answer
+                    answers[request.key] = answer
+                    if cache is not None:
+                        cache.put(request, endpoint, answer)
+                    advance(request.key)
+            except _GaveUp as failure:
+                raise EndpointError(self._gave_up_message(endpoint, failure, len(answers), cache)) from None
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _gave_up_message(self, endpoint: Endpoint, failure: _GaveUp, kept: int, cache: AnswerCache | None) -> str:
+        where = f"{failure.url} (model '{endpoint.model}')"
+        if cache is None:
+            after = "no --cache-dir, so a rerun asks everything again"
+        else:
+            after = f"{kept} answers are kept in {cache.path}; a rerun sends only the missing requests"
+        return f"{where}: no answer after {failure.attempts} attempts, the last: {failure.failure}; {after}"
+
+    async def _fetch_one(
+        self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore, endpoint: Endpoint, request: _Request
+    ) -> tuple[_Request, Answer]:
+        async with semaphore:  # held through backoff too: an overloaded server gets no more than `concurrency`
+            return request, await self._post_with_retries(client, endpoint, request)
+
+    async def _post_with_retries(self, client: httpx.AsyncClient, endpoint: Endpoint, request: _Request) -> Answer:
+        url = endpoint.base_url + request.path
+        for attempt in range(self.max_retries + 1):
+            self.sent += 1
+            try:
+                response = await client.post(url, json=request.body)
+            except httpx.TransportError as error:  # connection refused or reset, timeouts
+                failure, delay = self._transport_failure(error), self._backoff(attempt)
+            else:
+                if response.status_code == 200:
+                    return _parse_answer(response, url, endpoint, chat=request.path == "/chat/completions")
+                if response.status_code not in RETRY_STATUSES:
+                    raise EndpointError(_refusal_message(response, url, endpoint))
+                failure = f"HTTP {response.status_code}: {_server_message(response)}"
+                retry_after = self._retry_after(response)
+                delay = self._backoff(attempt) if retry_after is None else retry_after
+            if attempt == self.max_retries:
+                raise _GaveUp(url, attempt + 1, failure)
+            self.retries += 1
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _transport_failure(self, error: httpx.TransportError) -> str:
+        if isinstance(error, httpx.TimeoutException):
+            return f"{type(error).__name__}: nothing within --timeout {self.timeout_s:g} s"
+        return f"{type(error).__name__}: {str(error) or 'no detail'}"
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, capped, with jitter so that many requests failing together do not return together."""
+        return min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._random.random() / 2)
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        """The server's wait (capped), plus a little jitter on top so that it is never shorter than asked."""
+        seconds = retry_after_seconds(response.headers.get("retry-after"), time.time())
+        if seconds is None:
+            return None
+        seconds = min(seconds, self.max_retry_after_s)
+        return seconds + self._random.uniform(0, 0.1 * seconds)
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """`Retry-After` as seconds from `now`: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _headers(endpoint: Endpoint) -> dict[str, str]:
+    return {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+
+
+def _parse_answer(response: httpx.Response, url: str, endpoint: Endpoint, chat: bool) -> Answer:
+    """choices[0] of an OpenAI completion or chat completion; anything else is an error, never an answer."""
+    where = f"{url} (model '{endpoint.model}'): HTTP 200 but"
+    try:
+        body = response.json()
+    except ValueError:
+        raise EndpointError(f"{where} the body is not JSON: {_one_line(response.text)!r}") from None
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise EndpointError(f"{where} the body has no choices: {_one_line(response.text)!r}")
+    choice = choices[0]
+    if chat:
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else 0  # 0: not a string, reported below
+        text = "" if content is None else content  # null content is valid (e.g. only tool calls)
+    else:
+        text = choice.get("text")
+    if not isinstance(text, str):
+        field_name = "choices[0].message.content" if chat else "choices[0].text"
+        raise EndpointError(f"{where} {field_name} is not a string: {_one_line(response.text)!r}")
+    finish_reason = choice.get("finish_reason")
+    usage = body.get("usage")
+    return Answer(
+        text=text,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        cached=False,
+        usage=usage if isinstance(usage, dict) else None,
+    )
+
+
+def _refusal_message(response: httpx.Response, url: str, endpoint: Endpoint) -> str:
+    message = f"{url} refused model '{endpoint.model}': HTTP {response.status_code}: {_server_message(response)}"
+    if response.status_code in (401, 403):
+        message += f" (check --api-key or ${API_KEY_ENV})"
+    elif response.status_code == 404 and not endpoint.base_url.endswith("/v1"):
+        message += " (does --base-url end with /v1?)"
+    return message
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The error text of OpenAI's envelope `{"error": {"message"}}`, vLLM's and FastAPI's shapes, or the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return _one_line(response.text) or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return _one_line(error["message"])
+        for candidate in (error, body.get("message"), body.get("detail")):
+            if isinstance(candidate, str):
+                return _one_line(candidate)
+    return _one_line(json.dumps(body, ensure_ascii=False))
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say where to ask and how hard: --base-url, --api-key, --concurrency, --cache-dir, ..."""
+    group = parser.add_argument_group("endpoint")
+    group.add_argument(
+        "--base-url",
+        default=DEFAULT_BASE_URL,
+        help=f"OpenAI-compatible API root, up to /v1 (default: {DEFAULT_BASE_URL}, `python -m service`)",
+    )
+    group.add_argument(
+        "--api-key",
+        default=None,
+        help=f"bearer key; default ${API_KEY_ENV}, else $OPENAI_API_KEY but only for https://{OPENAI_HOST}",
+    )
+    group.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight at once (default 8)")
+    group.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help=f"keep every answer in DIR/{CACHE_FILE}; a rerun (or a killed run's rerun) sends only what is missing",
+    )
+    group.add_argument("--timeout", type=_positive_float, default=120.0, help="seconds per request (default 120)")
+    group.add_argument(
+        "--max-retries", type=_non_negative_int, default=5, help="retries after 429/5xx/timeouts (default 5)"
+    )
+
+
+def runner_from_args(args: argparse.Namespace, progress: bool = True) -> Runner:
+    """The Runner the flags of `add_endpoint_arguments` describe."""
+    return Runner(
+        cache_dir=args.cache_dir,
+        concurrency=args.concurrency,
+        max_retries=args.max_retries,
+        timeout_s=args.timeout,
+        progress=progress,
+    )
+
+
+def endpoint_from_args(args: argparse.Namespace, model: str, environ: Mapping[str, str] | None = None) -> Endpoint:
+    """The Endpoint of --base-url, with the key from --api-key or the environment (see `api_key_for`)."""
+    environ = os.environ if environ is None else environ
+    return Endpoint(base_url=args.base_url, model=model, api_key=api_key_for(args.base_url, args.api_key, environ))
+
+
+def api_key_for(base_url: str, given: str | None, environ: Mapping[str, str]) -> str | None:
+    """--api-key, else $TSUMUGI_EVAL_API_KEY, else $OPENAI_API_KEY when the endpoint is OpenAI's own.
+
+    OPENAI_API_KEY is not sent anywhere else: it is often set in a shell for other reasons, and an
+    evaluation against some other host must not hand it over."""
+    if given:
+        return given
+    if environ.get(API_KEY_ENV):
+        return environ[API_KEY_ENV]
+    if urlsplit(base_url).hostname == OPENAI_HOST and environ.get("OPENAI_API_KEY"):
+        return environ["OPENAI_API_KEY"]
+    return None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
