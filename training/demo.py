@@ -2,7 +2,10 @@
 
 The base model cannot answer the sample's Japanese questions; after a short LoRA run the served adapter
 answers them with the dataset's answers. Both are asked through one real service process
-(`--model base --lora-modules ja=adapter`), greedy, and scored by exact answer substring.
+(`--model base --lora-modules ja=adapter`), greedy, and scored by exact answer substring; then the same
+replies are scored against the records' answers with llm-jp-eval's exact_match and char_f1, and the
+evaluation report (scores with 95% bootstrap intervals, the paired difference, McNemar's test) is written
+next to the adapter (`<out>.report/`) and printed.
 An adapter already at the output path is reused, so `make train` twice does not train twice.
 """
 
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path(__file__).with_name("configs") / "demo_smollm2_ja.yaml"
 DEFAULT_EVAL = Path(__file__).resolve().parent.parent / "data" / "ja_sample_eval.json"
 ADAPTER_NAME = "ja"
+REPORT_METRICS = ("exact_match", "char_f1")
 
 
 def add_shared_demo_arguments(p: argparse.ArgumentParser, config: Path, eval_file: Path, eval_help: str) -> None:
@@ -54,7 +58,24 @@ def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = Fal
         before = score(server, cfg.base, questions)
         after = score(server, ADAPTER_NAME, questions)
     print_table(questions, before, after)
+    print_report(questions, before, after, out.with_name(out.name + ".report"))
     return before, after
+
+
+def print_report(questions: list[Question], before: Score, after: Score, folder: Path) -> None:
+    """The evaluation report of base vs adapter on the questions asked (`python -m training eval`'s report)."""
+    from training.evaluation.comparison import scored_replies
+    from training.evaluation.report import build_report, render_markdown, write_report
+
+    references = [q.reference for q in questions]
+    scores = [
+        item
+        for label, score in (("base", before), (ADAPTER_NAME, after))
+        for item in scored_replies(label, "ja_sample held-in", REPORT_METRICS, score.replies, references)
+    ]
+    report = build_report(scores)
+    write_report(report, folder)
+    print(f"\n{render_markdown(report)}\nreport written to {folder}/")
 
 
 def trained_adapter(cfg: SFTConfig, retrain: bool) -> Path:

@@ -21,10 +21,12 @@ SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
 
 @dataclass(frozen=True)
 class Question:
-    """One held-in question: the chat message a user sends and the substring a correct reply contains."""
+    """One held-in question: the chat message a user sends, the substring a correct reply contains, and the
+    record's whole answer (what the adapter was trained to say; the report's reference)."""
 
     prompt: str
     answer: str
+    reference: str = ""
 
 
 def load_eval_set(eval_file: Path) -> list[Question]:
@@ -39,7 +41,7 @@ def load_eval_set(eval_file: Path) -> list[Question]:
         if not isinstance(record, AlpacaRecord):
             raise ValueError(f"{eval_file}: item {item['index']} is not an Alpaca record")
         prompt = f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
-        questions.append(Question(prompt=prompt, answer=item["answer"]))
+        questions.append(Question(prompt=prompt, answer=item["answer"], reference=record.output))
     return questions
 
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.deploy import schema
-from tests.deploy.tools import KUSTOMIZATIONS, SERVING_OVERLAYS, SUPPORTED_KUBERNETES_VERSIONS, pod_specs
+from tests.deploy.tools import CPU_ONLY, KUSTOMIZATIONS, SERVING_OVERLAYS, SUPPORTED_KUBERNETES_VERSIONS, pod_specs
 
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -183,7 +183,7 @@ def test_grace_period_covers_prestop_and_drain(rendered, overlay):
     assert pod["terminationGracePeriodSeconds"] >= prestop_seconds + drain_seconds + SHUTDOWN_MARGIN_SECONDS
 
 
-@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS.keys() - CPU_ONLY))
 def test_gpu_request_equals_limit_and_gpu_nodes_are_targeted(rendered, name):
     workloads = [doc for doc in rendered[name] if pod_specs(doc)]
     assert workloads
@@ -310,3 +310,29 @@ def test_lora_overlay_opens_the_admin_api_from_an_optional_secret(rendered):
     for overlay in ("fp16", "awq"):  # the other overlays keep the admin API closed
         (other,) = one(rendered[f"overlays/{overlay}"], "Deployment")["spec"]["template"]["spec"]["containers"]
         assert "TSUMUGI_ADMIN_API_KEYS" not in {e["name"] for e in other["env"]}
+
+
+def test_evaluation_job_asks_what_the_lora_overlay_serves(rendered):
+    """The evaluation Job compares names the lora overlay serves, over the in-cluster Service, and its
+    NetworkPolicy lets it reach exactly the server pods' API port (and DNS)."""
+    config = serving_config(rendered["overlays/lora"])["data"]
+    served = {config["TSUMUGI_SERVED_MODEL_NAME"]} | {
+        module.split("=", 1)[0] for module in config["TSUMUGI_LORA_MODULES"].split(",")
+    }
+    (job,) = by_kind(rendered["training/evaluation"], "Job")
+    (evaluator,) = job["spec"]["template"]["spec"]["containers"]
+    args = evaluator["args"]
+    assert args[:2] == ["eval", "run"]
+    models = {arg.split("=", 1)[1] for arg in args if arg.startswith("--model=")}
+    assert len(models) == 2 and models <= served
+    (service,) = by_kind(rendered["overlays/lora"], "Service")
+    port = service["spec"]["ports"][0]["port"]
+    assert f"--base-url=http://{service['metadata']['name']}:{port}/v1" in args
+    assert "nvidia.com/gpu" not in evaluator["resources"]["limits"]  # the GPUs are the served model's
+    (policy,) = by_kind(rendered["training/evaluation"], "NetworkPolicy")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    server_pods = one(rendered["overlays/lora"], "Deployment")["spec"]["template"]["metadata"]["labels"]
+    (api_rule,) = [rule for rule in policy["spec"]["egress"] if "podSelector" in rule["to"][0]]
+    assert api_rule["to"][0]["podSelector"]["matchLabels"].items() <= server_pods.items()
+    assert api_rule["ports"] == [{"port": port, "protocol": "TCP"}]

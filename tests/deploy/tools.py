@@ -34,7 +34,10 @@ KUSTOMIZATIONS = {
     **{f"overlays/{name}": K8S / "overlays" / name for name in SERVING_OVERLAYS},
     "training/qlora": K8S / "training" / "qlora",
     "training/multi-gpu": K8S / "training" / "multi-gpu",
+    "training/evaluation": K8S / "training" / "evaluation",
 }
+# Workloads that use no GPU: the evaluation Job only sends HTTP requests to the served model.
+CPU_ONLY = {"training/evaluation"}
 
 
 def tool(name: str) -> str:

@@ -102,12 +102,9 @@ def outputs(base_url: str, model: str, prompts: list[str] = PROMPTS) -> list[lis
     return asyncio.run(run())
 
 
-def metric_value(exposition: str, series: str) -> float:
-    """A series' value in a Prometheus text exposition (0 when absent)."""
-    for line in exposition.splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return 0.0
+def metric_total(exposition: str, name: str) -> float:
+    """The sum of a metric's series (every label set) in a Prometheus text exposition; 0 when absent."""
+    return sum(float(line.split()[-1]) for line in exposition.splitlines() if line.startswith((name + " ", name + "{")))
 
 
 def wait_for_adapter(server, name: str, version: int | None, timeout: float = 60) -> None:
@@ -190,9 +187,10 @@ def test_more_adapters_than_slots_each_get_their_solo_output(live):
     for (name, i), tokens in asyncio.run(round_robin()):
         assert same_tokens(tokens, solo[name][i]), (name, PROMPTS[i])
     metrics = httpx.get(f"{live.url}/metrics", timeout=30).text
-    assert metric_value(metrics, 'tsumugi_adapter_cold_loads_total{model="s5"}') >= 1, metrics
-    assert metric_value(metrics, "tsumugi_adapter_evictions_total") >= 1
-    assert metric_value(metrics, "tsumugi_adapter_cold_start_seconds_count") >= 1
+    # which adapter finds itself out of memory depends on timing; that some do, with 4 over 2 in memory, not
+    assert metric_total(metrics, "tsumugi_adapter_cold_loads_total") >= 1, metrics
+    assert metric_total(metrics, "tsumugi_adapter_evictions_total") >= 1
+    assert metric_total(metrics, "tsumugi_adapter_cold_start_seconds_count") >= 1
     for name in ("s5", "s6", "j"):
         assert admin(live, "DELETE", f"/adapters/{name}").status_code == 200
 

@@ -42,3 +42,11 @@ def test_demo_before_and_after(tmp_path):
     assert scores["total"] == 24
     assert scores["base"] <= 2, scores["base_replies"]
     assert scores["fine_tuned"] >= 20, scores["fine_tuned_replies"]  # measured: 24/24
+    # ... and ends with the evaluation report: the same replies, llm-jp-eval's metrics, intervals, McNemar
+    report = json.loads((tmp_path / "adapter.report" / "report.json").read_text(encoding="utf-8"))
+    estimate = {(s["model"], s["metric"]): s["interval"]["estimate"] for s in report["scores"]}
+    assert estimate[("ja", "char_f1")] > estimate[("base", "char_f1")] + 0.3, estimate
+    assert estimate[("ja", "exact_match")] > estimate[("base", "exact_match")], estimate
+    (difference,) = [d for d in report["differences"] if d["metric"] == "exact_match"]
+    assert difference["mcnemar"]["p_value"] < 0.05
+    assert "| ja |" in run.stdout and (tmp_path / "adapter.report" / "report.png").is_file()

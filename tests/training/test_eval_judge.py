@@ -329,3 +329,14 @@ def test_the_shipped_arithmetic_answers_are_right():
     for phrase, value in computed.items():
         (answer,) = [output for question, output in answers.items() if phrase in question]
         assert answer == str(value), phrase
+
+
+def test_fastchat_questions_are_read_as_they_are_published(tmp_path):
+    """ja-vicuna-qa-benchmark's data/jp_bench/question.jsonl, unchanged; a two-turn question is refused."""
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "category": "generic", "turns": ["時間管理のこつは？"]}) + "\n")
+    (question,) = load_questions(path)
+    assert (question.id, question.category, question.question) == ("1", "generic", "時間管理のこつは？")
+    path.write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["一つ目", "二つ目"]}) + "\n")
+    with pytest.raises(DataError, match=r"question.jsonl: line 1: field 'turns': .*got 2 turns"):
+        load_questions(path)

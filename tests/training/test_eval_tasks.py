@@ -100,6 +100,7 @@ BAD_JSON_FILES = [
     (jemhopqa(metrics="char_f1"), "field 'metrics': must be a non-empty list of metric names"),
     (jemhopqa(metrics=[]), "field 'metrics': must be a non-empty list of metric names"),
     (jemhopqa(metrics=["char_f1", 3]), "field 'metrics[1]': must be a metric name, got 3"),
+    (jemhopqa(metrics=["char_f1", "rouge2"]), "field 'metrics[1]': unknown metric 'rouge2'; known: exact_match"),
     (jemhopqa(count=0), "field 'samples': is empty; a task needs at least one sample"),
     ({k: v for k, v in jemhopqa().items() if k != "samples"}, "field 'samples': missing"),
     (jemhopqa(samples={"input": "a"}), "field 'samples': must be a list of {input, output} objects, got object"),

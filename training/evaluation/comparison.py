@@ -88,20 +88,34 @@ def item_scores(predictions: Sequence[Prediction], task: Task) -> list[ItemScore
     """One model's predictions on one task as the report's per-metric inputs (with the metric's aggregate)."""
     if not predictions:
         return []
-    model = predictions[0].model
-    references = [reference_of(p.reference) for p in predictions]
+    outputs, references = [p.output for p in predictions], [p.reference for p in predictions]
     ids = [str(p.index) for p in predictions]
+    return scored_replies(predictions[0].model, task.name, task.metrics, outputs, references, ids)
+
+
+def scored_replies(
+    model: str,
+    task: str,
+    metric_names: Sequence[str],
+    replies: Sequence[str],
+    references: Sequence[str],
+    item_ids: Sequence[str] = (),
+) -> list[ItemScores]:
+    """Raw replies scored against their references (extracted and normalised as llm-jp-eval does), one
+    `ItemScores` per metric: for replies gathered some other way, such as the demo's."""
+    normalised = [reference_of(reference) for reference in references]
+    metrics = [metric_named(name) for name in metric_names]
     return [
         ItemScores(
             model=model,
-            task=task.name,
-            metric=name,
-            values=[p.scores[name] for p in predictions],
-            references=references,
-            aggregate=metric_named(name).aggregate,
-            item_ids=ids,
+            task=task,
+            metric=metric.name,
+            values=[score_item(metric, reply, reference) for reply, reference in zip(replies, references, strict=True)],
+            references=normalised,
+            aggregate=metric.aggregate,
+            item_ids=item_ids,
         )
-        for name in task.metrics
+        for metric in metrics
     ]
 
 

@@ -295,8 +295,9 @@ class PairwiseGrading:
 
 
 def load_questions(path: Path) -> list[Question]:
-    """Questions from JSONL (`{"id", "category", "question", "reference"?}` a line; blank lines skipped).
-    Every mistake names the file, the line and the field."""
+    """Questions from JSONL (`{"id", "category", "question", "reference"?}` a line, or FastChat's single-turn
+    `{"question_id", "category", "turns"}`; blank lines skipped). Every mistake names the file, the line and the
+    field."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -331,6 +332,8 @@ def _json_object(line: str, location: str) -> dict:
 
 
 def _question(record: dict, location: str) -> Question:
+    if "turns" in record or "question_id" in record:
+        record = _from_fastchat(record, location)
     for name in record:
         if name not in QUESTION_FIELDS:
             raise DataError.in_field(location, name, f"unknown; the fields are {', '.join(QUESTION_FIELDS)}")
@@ -342,6 +345,22 @@ def _question(record: dict, location: str) -> Question:
         if not isinstance(record[name], str) or not record[name].strip():
             raise DataError.in_field(location, name, f"must be a non-empty string, got {record[name]!r}")
     return Question(**record)
+
+
+def _from_fastchat(record: dict, location: str) -> dict:
+    """FastChat's question format (`{"question_id", "category", "turns": [...]}`), which ja-vicuna-qa-benchmark's
+    `data/jp_bench/question.jsonl` uses, read as is. Single-turn only: a second turn is refused rather than
+    dropped (Japanese MT-Bench's two-turn questions need a multi-turn judge, which this is not)."""
+    unknown = sorted(set(record) - {"question_id", "category", "turns"})
+    if unknown:
+        raise DataError.in_field(location, unknown[0], "unknown in a FastChat question (question_id, category, turns)")
+    turns = record.get("turns")
+    if not isinstance(turns, list) or len(turns) != 1:
+        got = f"{len(turns)} turns" if isinstance(turns, list) else repr(turns)
+        raise DataError.in_field(location, "turns", f"must hold exactly one question (single-turn judging), got {got}")
+    if "question_id" not in record:
+        raise DataError.in_field(location, "question_id", "missing")
+    return {"id": str(record["question_id"]), "category": record.get("category"), "question": turns[0]}
 
 
 def parse_rating(text: str | None) -> float | None:
