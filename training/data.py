@@ -19,6 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from training.errors import DataError
 from training.templates import Message
@@ -87,6 +88,28 @@ def _raw_records(path: Path) -> list[tuple[str, object]]:
             raise DataError(f"{path}: a .json data file must hold a JSON array of records")
         return [(f"{path}: record {index + 1}", item) for index, item in enumerate(value)]
     raise DataError(f"{path}: unsupported data file type {path.suffix!r} (use .json or .jsonl)")
+
+
+class JsonLine(NamedTuple):
+    number: int
+    location: str  # `file: line N`, the start of every error about this line
+    value: object
+
+
+def jsonl_values(path: Path) -> list[JsonLine]:
+    """Each non-blank line of a JSONL file, parsed; a missing file, a line that is not UTF-8 or not JSON stops
+    with a DataError naming file and line. What a value must be is the caller's to check (a record, a task
+    header, a question, a pair)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    values = []
+    for number, line in _nonblank_lines(path.read_bytes()):
+        location = f"{path}: line {number}"
+        try:
+            values.append(JsonLine(number, location, json.loads(_decode(path, line, f"line {number}"))))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{location}: invalid JSON: {error.msg} (column {error.colno})") from None
+    return values
 
 
 def _nonblank_lines(data: bytes) -> list[tuple[int, bytes]]:

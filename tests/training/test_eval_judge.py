@@ -258,7 +258,7 @@ def test_orders_combine_into_one_verdict():
             ['{"id": "a", "category": "x", "question": "q"}', '{"id": "b", "category": "x"}'],
             "line 2: field 'question': missing",
         ),
-        (['{"id": "a", "category": "x", "question": "q"', ""], "line 1: not valid JSON"),
+        (['{"id": "a", "category": "x", "question": "q"', ""], "line 1: invalid JSON"),
         (['["a", "x", "q"]'], "line 1: must be a JSON object"),
         (['{"id": 3, "category": "x", "question": "q"}'], "line 1: field 'id': must be a non-empty string"),
         (['{"id": "a", "category": "x", "question": " "}'], "line 1: field 'question': must be a non-empty string"),
@@ -281,7 +281,7 @@ def test_questions_file_errors_name_the_file_line_and_field(tmp_path, lines, mes
 
 
 def test_a_missing_questions_file_is_a_data_error(tmp_path):
-    with pytest.raises(DataError, match="cannot read the questions file"):
+    with pytest.raises(DataError, match=r"absent\.jsonl: no such file"):
         load_questions(tmp_path / "absent.jsonl")
 
 

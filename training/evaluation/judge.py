@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from training.data import jsonl_values
 from training.errors import DataError
 from training.evaluation.report import ItemScores, PairwiseVerdicts
 
@@ -299,36 +300,19 @@ def load_questions(path: Path) -> list[Question]:
     `{"question_id", "category", "turns"}`; blank lines skipped). Every mistake names the file, the line and the
     field."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the questions file: {error.strerror or error}") from None
     questions: list[Question] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        question = _question(_json_object(line, f"{path}: line {number}"), f"{path}: line {number}")
+    for number, location, record in jsonl_values(path):
+        if not isinstance(record, dict):
+            raise DataError(f"{location}: must be a JSON object with {', '.join(QUESTION_FIELDS)}")
+        question = _question(record, location)
         if question.id in first_line:
-            raise DataError.in_field(
-                f"{path}: line {number}", "id", f"{question.id!r} is also on line {first_line[question.id]}"
-            )
+            raise DataError.in_field(location, "id", f"{question.id!r} is also on line {first_line[question.id]}")
         first_line[question.id] = number
         questions.append(question)
     if not questions:
         raise DataError(f"{path}: no questions")
     return questions
-
-
-def _json_object(line: str, location: str) -> dict:
-    """One JSONL line as an object, or a DataError at `location`."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{location}: not valid JSON: {error.msg} (column {error.colno})") from None
-    if not isinstance(record, dict):
-        raise DataError(f"{location}: must be a JSON object with {', '.join(QUESTION_FIELDS)}")
-    return record
 
 
 def _question(record: dict, location: str) -> Question:

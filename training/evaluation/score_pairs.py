@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.data import jsonl_values
 from training.errors import ConfigError, DataError
 from training.evaluation.atomic_files import write_atomically
 from training.evaluation.metrics import METRICS, Metric, UnscorableReference, answer_of, metric_named, reference_of
@@ -77,25 +78,13 @@ def _check_output_path(in_path: Path, out_path: Path) -> None:
 
 def read_pairs(path: Path) -> list[Pair]:
     """Every non-blank line of a pairs file, validated; a DataError with file, line and field otherwise."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    numbered = [(number, line) for number, line in enumerate(path.read_bytes().split(b"\n"), start=1)]
-    pairs = [_parse_line(number, line, f"{path}: line {number}") for number, line in numbered if line.strip()]
+    pairs = [_parse_pair(line.number, line.location, line.value) for line in jsonl_values(path)]
     if not pairs:
         raise DataError(f'{path}: no pairs to score; expected one {{"prediction": ..., "reference": ...}} per line')
     return pairs
 
 
-def _parse_line(number: int, line: bytes, location: str) -> Pair:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as error:
-        bad = line[error.start : error.start + 1]
-        raise DataError(f"{location}: not valid UTF-8 (byte {error.start}: {bad!r})") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{location}: invalid JSON: {error.msg} (column {error.colno})") from None
+def _parse_pair(number: int, location: str, record: object) -> Pair:
     if not isinstance(record, dict):
         raise DataError(f"{location}: expected a JSON object with {_quoted(FIELDS)}, got {_json_type(record)}")
     prediction, reference = (_text_field(record, field, location) for field in FIELDS)

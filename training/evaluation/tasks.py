@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from training.data import jsonl_values
 from training.errors import ConfigError, DataError
 from training.evaluation.metrics import METRICS
 
@@ -176,16 +177,14 @@ def _train_split_few_shots(path: Path) -> tuple[Sample, ...]:
 
 
 def _load_jsonl_task(path: Path) -> Task:
-    lines = [(number, line) for number, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip()]
+    lines = jsonl_values(path)
     if not lines:
         raise DataError(f"{path}: empty file; the first line must be the task header {HEADER_SHAPE}")
-    header_number, header_line = lines[0]
-    header_location = f"{path}: line {header_number}"
-    raw_header = _parse_json(path, _decode(path, header_line, f"line {header_number}"), header_location)
+    raw_header, header_location = lines[0].value, lines[0].location
     _check_jsonl_header(raw_header, header_location)
     header = _parse_header(raw_header, header_location)
     few_shots = _parse_samples(raw_header.get("few_shots", []), "few_shots", header_location)
-    samples = tuple(_parse_jsonl_sample(path, number, line) for number, line in lines[1:])
+    samples = tuple(_parse_jsonl_sample(line.location, line.value) for line in lines[1:])
     if not samples:
         raise DataError(f'{path}: no samples after the header line; add one {{"input", "output"}} object per line')
     return Task(name=path.stem, **header, few_shots=few_shots, samples=samples, source=path)
@@ -203,9 +202,7 @@ def _check_jsonl_header(raw: object, location: str) -> None:
         raise DataError.in_field(location, unknown[0], f"unknown header key; allowed: {sorted(JSONL_HEADER_KEYS)}")
 
 
-def _parse_jsonl_sample(path: Path, number: int, line: bytes) -> Sample:
-    location = f"{path}: line {number}"
-    raw = _parse_json(path, _decode(path, line, f"line {number}"), location)
+def _parse_jsonl_sample(location: str, raw: object) -> Sample:
     if isinstance(raw, dict):
         unknown = sorted(set(raw) - SAMPLE_KEYS)
         if unknown:
@@ -273,8 +270,6 @@ def _parse_json(path: Path, text: str, location: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        if path.suffix == ".jsonl":
-            raise DataError(f"{location}: invalid JSON: {error.msg} (column {error.colno})") from error
         raise DataError(f"{location}: line {error.lineno}: invalid JSON: {error.msg} (column {error.colno})") from error
 
 
