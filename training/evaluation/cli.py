@@ -98,16 +98,16 @@ def run_tasks_command(args: argparse.Namespace) -> None:
     )
     tasks = [task for path in args.tasks for task in load_tasks(path)]
     targets = parse_targets(args.models, args.base_url, _api_key(args.base_url, args.api_key))
-    comparison = compare_models(_runner(args), targets, tasks, settings)
+    runner = _runner(args)
+    comparison = compare_models(runner, targets, tasks, settings)
     report = build_report(comparison.scores)
     write_predictions(args.out / "predictions.jsonl", comparison.predictions)
-    _finish(args.out, write_report(report, args.out), render_markdown(report), comparison.num_sent,
-            comparison.num_cache_hits)  # fmt: skip
+    _finish(write_report(report, args.out), render_markdown(report), runner)
 
 
 def run_judge_command(args: argparse.Namespace) -> None:
     from training.evaluation.comparison import parse_targets
-    from training.evaluation.judge import answer_questions, compare_answers, grade_answers, load_questions
+    from training.evaluation.judge import judge_models, load_questions
     from training.evaluation.report import build_report, render_markdown, write_report
     from training.evaluation.runner import Endpoint
 
@@ -116,31 +116,21 @@ def run_judge_command(args: argparse.Namespace) -> None:
     judge_url = args.judge_base_url or args.base_url
     judge = Endpoint(base_url=judge_url, model=args.judge_model, api_key=_api_key(judge_url, args.judge_api_key))
     runner = _runner(args)
-    sent = hits = 0
-    answers = {}
-    for target in targets:
-        answers[target.label] = answer_questions(runner, target.endpoint, questions, max_tokens=args.answer_max_tokens)
-        sent, hits = sent + runner.sent, hits + runner.cache_hits
-    judged = dict(max_tokens=args.judge_max_tokens, temperature=args.judge_temperature)
-    gradings = []
-    for target in targets:
-        gradings.append(grade_answers(runner, judge, questions, answers[target.label], model=target.label, **judged))
-        sent, hits = sent + runner.sent, hits + runner.cache_hits
-    pairings = []
-    first = targets[0]
-    for other in targets[1:]:  # the first model (the baseline) against each other one
-        pair = (first.label, other.label)
-        pairings.append(compare_answers(runner, judge, questions, answers[pair[0]], answers[pair[1]], models=pair,
-                                        **judged))  # fmt: skip
-        sent, hits = sent + runner.sent, hits + runner.cache_hits
-    report = build_report([g.item_scores() for g in gradings], [p.verdicts() for p in pairings])
-    judgements = {"single": [g.to_json() for g in gradings], "pairwise": [p.to_json() for p in pairings]}
+    run = judge_models(
+        runner,
+        {target.label: target.endpoint for target in targets},
+        judge,
+        questions,
+        answer_max_tokens=args.answer_max_tokens,
+        judge_max_tokens=args.judge_max_tokens,
+        temperature=args.judge_temperature,
+    )
+    report = build_report([g.item_scores() for g in run.single], [p.verdicts() for p in run.pairwise])
     args.out.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(judgements, ensure_ascii=False, indent=1) + "\n"
+    data = json.dumps(run.to_json(), ensure_ascii=False, indent=1) + "\n"
     write_atomically(args.out / "judgements.json", data.encode("utf-8"))
-    failures = sum(g.parse_failures for g in gradings) + sum(p.parse_failures for p in pairings)
-    print(f"judge replies unparsed after one retry (excluded, not scored): {failures}")
-    _finish(args.out, write_report(report, args.out), render_markdown(report), sent, hits)
+    print(f"judge replies unparsed after one retry (excluded, not scored): {run.parse_failures}")
+    _finish(write_report(report, args.out), render_markdown(report), runner)
 
 
 def _runner(args: argparse.Namespace) -> Runner:
@@ -155,7 +145,7 @@ def _api_key(base_url: str, given: str | None) -> str | None:
     return api_key_for(base_url, given, os.environ)
 
 
-def _finish(out: Path, files: list[Path], markdown: str, num_sent: int, num_cache_hits: int) -> None:
+def _finish(files: list[Path], markdown: str, runner: Runner) -> None:
     print(markdown)
-    print(f"requests sent: {num_sent}, answers from the cache: {num_cache_hits}")
+    print(f"requests sent: {runner.total_sent}, answers from the cache: {runner.total_cache_hits}")
     print(f"written: {', '.join(str(f) for f in files)}")

@@ -121,12 +121,10 @@ def scored_replies(
 
 @dataclass(frozen=True)
 class Comparison:
-    """What `compare_models` found: every prediction, the report's inputs, and what the runner did."""
+    """What `compare_models` found: every prediction, and the report's inputs."""
 
     predictions: list[Prediction]
     scores: list[ItemScores]
-    num_sent: int
-    num_cache_hits: int
 
 
 def compare_models(
@@ -136,14 +134,12 @@ def compare_models(
     adapters on demand is not made to switch between them on every request)."""
     predictions: list[Prediction] = []
     scores: list[ItemScores] = []
-    num_sent = num_cache_hits = 0
     for target in targets:
         for task in tasks:
             asked = ask_task(runner, target, task, settings)
-            num_sent, num_cache_hits = num_sent + runner.sent, num_cache_hits + runner.cache_hits
             predictions += asked
             scores += item_scores(asked, task)
-    return Comparison(predictions, scores, num_sent, num_cache_hits)
+    return Comparison(predictions, scores)
 
 
 def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:

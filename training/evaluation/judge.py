@@ -29,7 +29,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -293,6 +293,50 @@ class PairwiseGrading:
 
     def to_json(self) -> dict:
         return {**asdict(self), "parse_failures": self.parse_failures, "excluded": self.excluded}
+
+
+@dataclass(frozen=True)
+class JudgeRun:
+    """Every model graded, and the first (the baseline) compared with each other one."""
+
+    single: list[SingleGrading]
+    pairwise: list[PairwiseGrading]
+
+    @property
+    def parse_failures(self) -> int:
+        return sum(g.parse_failures for g in self.single) + sum(p.parse_failures for p in self.pairwise)
+
+    def to_json(self) -> dict:
+        return {"single": [g.to_json() for g in self.single], "pairwise": [p.to_json() for p in self.pairwise]}
+
+
+def judge_models(
+    completer: Completer,
+    models: Mapping[str, Endpoint],
+    judge: Endpoint,
+    questions: Sequence[Question],
+    *,
+    answer_max_tokens: int = ANSWER_MAX_TOKENS,
+    judge_max_tokens: int = JUDGE_MAX_TOKENS,
+    temperature: float = JUDGE_TEMPERATURE,
+) -> JudgeRun:
+    """Each model (label: endpoint) answers once; the judge grades every model's answers and compares the first
+    model's with each other's in both orders, reusing those answers."""
+    answers = {
+        label: answer_questions(completer, endpoint, questions, max_tokens=answer_max_tokens)
+        for label, endpoint in models.items()
+    }
+    judged = {"max_tokens": judge_max_tokens, "temperature": temperature}
+    single = [
+        grade_answers(completer, judge, questions, replies, model=label, **judged) for label, replies in answers.items()
+    ]
+    baseline, *others = answers
+    pairwise = [
+        compare_answers(completer, judge, questions, answers[baseline], answers[other], models=(baseline, other),
+                        **judged)
+        for other in others
+    ]  # fmt: skip
+    return JudgeRun(single, pairwise)
 
 
 def load_questions(path: Path) -> list[Question]:

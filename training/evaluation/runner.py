@@ -183,7 +183,8 @@ class Runner:
         self.concurrency, self.max_retries, self.timeout_s = concurrency, max_retries, timeout_s
         self.progress = progress
         self.backoff_s, self.max_backoff_s, self.max_retry_after_s = backoff_s, max_backoff_s, max_retry_after_s
-        self.sent = self.cache_hits = self.retries = 0
+        self.sent = self.cache_hits = self.retries = 0  # of the last run
+        self.total_sent = self.total_cache_hits = 0  # of every run of this runner: what a command reports
         self._random = random.Random()
 
     def run(self, endpoint: Endpoint, payloads: list[dict], description: str = "") -> list[Answer]:
@@ -197,7 +198,13 @@ class Runner:
             if missing:
                 copies = Counter(request.key for request in requests)
                 with self._progress_bar(len(requests), self.cache_hits, description or endpoint.model) as bar:
-                    asyncio.run(self._fetch_all(endpoint, missing, cache, answers, lambda key: bar.update(copies[key])))
+                    try:
+                        asyncio.run(
+                            self._fetch_all(endpoint, missing, cache, answers, lambda key: bar.update(copies[key]))
+                        )
+                    finally:
+                        self.total_sent += self.sent
+        self.total_cache_hits += self.cache_hits
         return [answers[request.key] for request in requests]
 
     @contextlib.contextmanager
