@@ -11,7 +11,10 @@ ignore_eos, 300 requests at concurrency 32. Three workloads, each with its own s
   (`## Serving: tiny model, chat with tools`), both servers started with `--enable-auto-tool-choice
   --tool-call-parser hermes` and the same tool-rendering template, `bench/chatml_tools.jinja`, so that their
   prompts are the same text. The random model answers in prose, so every token goes through the parser's
-  streaming path: what reading tool calls costs each server.
+  streaming path: what reading tool calls costs each server;
+- `tiny-chat-lora`: tiny-chat's load sent to a LoRA adapter (`"model": "ada"`, rank 8 on q/v of every layer),
+  both servers started with it (`--lora-modules ada=...`): what serving an adapter costs each server (ours
+  holds a lease per request and asks the engine whether the adapter is in memory, for the cold-load metrics).
 
 Servers run one at a time (two at once skew each other on 2 cores), alternating for several rounds; vLLM's
 server here is bimodal (about half its runs have a ~2 s stall wave), so we compare per-round ratios and their
@@ -51,6 +54,7 @@ REPORTED = (
 # Same engine memory for both servers; PYTHONUNBUFFERED keeps both logs current while a round runs.
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "4", "PYTHONUNBUFFERED": "1"}
 TINY_MODEL = "runs/bench-tiny-model"
+TINY_ADAPTER = "runs/bench-tiny-adapter"
 TOOLS_TEMPLATE = "bench/chatml_tools.jinja"
 # The tool block adds about 370 prompt tokens to tiny-chat's 64 (the tiny tokenizer splits JSON finely).
 TOOLS_MAX_MODEL_LEN = 1024
@@ -80,6 +84,15 @@ def build_tiny_model() -> None:
     build_tiny_llama(REPO / TINY_MODEL, seed=0)
 
 
+def build_tiny_adapter() -> None:
+    """The tiny model and a random rank-8 LoRA for it (the tests' fixture), built once."""
+    from tests.fixtures.adapters import write_random_adapter
+
+    build_tiny_model()
+    if not (REPO / TINY_ADAPTER / "adapter_config.json").is_file():
+        write_random_adapter(REPO / TINY_MODEL, REPO / TINY_ADAPTER, seed=1)
+
+
 @dataclass(frozen=True)
 class Workload:
     """One kind of round: a model, the API it is driven through, and the engine flags both servers get."""
@@ -94,6 +107,8 @@ class Workload:
     prepare: Callable[[], None] | None = None
     server_flags: tuple[str, ...] = ()  # API flags, the same for both servers
     tsumugi_flags: tuple[str, ...] = ()  # ours only: settings vLLM's server has no counterpart for
+    vllm_flags: tuple[str, ...] = ()  # vLLM's server only (what ours implies, such as --enable-lora)
+    served_model: str | None = None  # the request's `model` when it is not `model` (an adapter's name)
     extra_body: dict | None = None  # merged into every request's body
     throughput_target: str = ">= 1.05"
     itl_target: str | None = "<= 1.0"
@@ -139,6 +154,19 @@ WORKLOADS = {
             throughput_target=">= 1.0",
             itl_target=None,
         ),
+        Workload(
+            name="tiny-chat-lora",
+            heading="## Serving: tiny model, chat to a LoRA adapter",
+            model=TINY_MODEL,
+            backend="openai-chat",
+            endpoint="/v1/chat/completions",
+            engine_flags=("--dtype", "float32", "--max-model-len", "512", "--max-lora-rank", "8"),
+            rounds=4,
+            prepare=build_tiny_adapter,
+            server_flags=("--lora-modules", f"ada={TINY_ADAPTER}"),
+            vllm_flags=("--enable-lora",),
+            served_model="ada",
+        ),
     )
 }
 
@@ -149,7 +177,8 @@ def server_process(name: str, workload: Workload, log: Path) -> ServerProcess:
     if name == "tsumugi":
         return service_process([*args, *workload.tsumugi_flags, "--no-auth"], log, env=SERVER_ENV)
     port = free_port()
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args, "--host", HOST, "--port", str(port)]
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args, *workload.vllm_flags, "--host", HOST,
+            "--port", str(port)]  # fmt: skip
     return ServerProcess(argv, log, port=port, ready_path="/health", env=SERVER_ENV, name="vllm")
 
 
@@ -162,7 +191,7 @@ def run_load(port: int, workload: Workload, num_prompts: int, concurrency: int) 
     args = parser.parse_args(
         [
             "--backend", workload.backend, "--endpoint", workload.endpoint, "--port", str(port),
-            "--model", workload.model, "--tokenizer", workload.model,
+            "--model", workload.served_model or workload.model, "--tokenizer", workload.model,
             "--dataset-name", "random", "--random-input-len", str(INPUT_TOKENS),
             "--random-output-len", str(OUTPUT_TOKENS),
             "--ignore-eos", "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
