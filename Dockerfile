@@ -31,7 +31,8 @@ WORKDIR /opt/tsumugi
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY requirements/train.txt requirements/train.txt
 RUN pip install --no-cache-dir -r requirements/train.txt
-COPY pyproject.toml tool_prompt.py model_identity.py ./
+COPY pyproject.toml ./
+COPY tsumugi/ tsumugi/
 COPY training/ training/
 COPY data/ data/
 RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/tsumugi --shell /usr/sbin/nologin tsumugi \
@@ -66,9 +67,10 @@ WORKDIR /opt/tsumugi
 # The base image already carries vllm, torch, fastapi, uvicorn, prometheus_client and openai at the versions
 # vLLM 0.32.0 was released with; only what the service adds on top is installed here.
 RUN python3 -m pip install --no-cache-dir "pydantic-settings==${PYDANTIC_SETTINGS_VERSION}"
-# tool_prompt.py (the default tool-calling prompt format) and model_identity.py (a model's weight hash), shared
-# with training: top-level modules of their own.
-COPY pyproject.toml tool_prompt.py model_identity.py ./
+# tsumugi/ (the default tool-calling prompt format, a model's weight hash, the process launcher): standard-library
+# modules shared with training.
+COPY pyproject.toml ./
+COPY tsumugi/ tsumugi/
 COPY service/ service/
 RUN useradd --uid "${UID}" --user-group --create-home --home-dir /home/tsumugi --shell /usr/sbin/nologin tsumugi \
     && install -d -o tsumugi -g tsumugi /models /var/cache/tsumugi

@@ -37,7 +37,7 @@ from bench.serving import (
     server_process,
     update_benchmarks_md,
 )
-from launcher import REPO
+from tsumugi.launcher import REPO
 
 HEADING = "## Serving: overload at 4x capacity"
 MODEL = "models/smollm2-135m-instruct"

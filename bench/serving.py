@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher import HOST, REPO, ServerProcess, free_port, service_process
+from tsumugi.launcher import HOST, REPO, ServerProcess, free_port, service_process
 
 INPUT_TOKENS = 64
 OUTPUT_TOKENS = 64

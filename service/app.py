@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-import tool_prompt
+from tsumugi import tool_prompt
 from service.adapter_watch import AdapterDirWatcher
 from service.admission import REJECTION_REASONS
 from service.config import Settings

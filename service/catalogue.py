@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from model_identity import weights_sha256
+from tsumugi.model_identity import weights_sha256
 from service.adapter_checks import adapter_directory, check_base, check_name, read_adapter
 from service.engine_types import AdapterHandle, EngineClient
 from service.errors import AdapterExists, AdapterRejected, APIError, ModelNotFound, PermissionDenied

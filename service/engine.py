@@ -118,7 +118,7 @@ MAX_CONSTRAINED_CALLS = 4
 
 def answer_or_calls_grammar(answer: dict[str, Any], call: dict[str, Any]) -> str:
     """JSON following `answer`, or 1 to `MAX_CONSTRAINED_CALLS` default-format `<tool_call>` blocks each
-    holding a compact call following `call` (see `tool_prompt.py` for the format)."""
+    holding a compact call following `call` (see `tsumugi/tool_prompt.py` for the format)."""
     try:
         answer_grammar = xgrammar.Grammar.from_json_schema(answer)
         call_grammar = xgrammar.Grammar.from_json_schema(call, any_whitespace=False, separators=(", ", ": "))

@@ -19,7 +19,7 @@ from typing import Any
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-import tool_prompt
+from tsumugi import tool_prompt
 from service.errors import InvalidRequest
 from service.protocol import ChatMessage
 
@@ -42,7 +42,7 @@ async def render_chat(
 ) -> list[int]:
     """Token ids of `messages` (and the `tools` the model may call) rendered with `chat_template` (the
     tokenizer's own when None). Tools, calls and tool results are written by the template itself when it has
-    a tool format, else in the default one (`tool_prompt.py`, the format training uses too)."""
+    a tool format, else in the default one (`tsumugi/tool_prompt.py`, the format training uses too)."""
     shaped = [m.openai_shape() for m in messages]
     num_chars = sum(len(m.text()) for m in messages)
     if tools or any(m.tool_calls for m in messages):

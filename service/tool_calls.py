@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import tool_prompt
+from tsumugi import tool_prompt
 from service.errors import InvalidRequest
 from service.protocol import ChatCompletionRequest
 

@@ -10,7 +10,7 @@ vLLM's tracker: #58228, #28806): ids and names on each call's first delta, argum
 incremental parser missed is sent before the finish reason.
 
 A model whose chat template has no tool format of its own is prompted in the default format
-(`tool_prompt.py`), which vLLM's `hermes` parser reads; it is the default parser for such models.
+(`tsumugi/tool_prompt.py`), which vLLM's `hermes` parser reads; it is the default parser for such models.
 """
 
 from __future__ import annotations

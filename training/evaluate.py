@@ -54,7 +54,7 @@ class EvaluationServer:
         if not SERVE_PYTHON.exists():
             raise FileNotFoundError(f"{SERVE_PYTHON} is missing; run `make .venv-serve/.installed` first")
         # The repo's top-level launcher; imported here because it exists only beside a serving env (a checkout).
-        from launcher import service_process
+        from tsumugi.launcher import service_process
 
         # VIRTUAL_ENV would name the training env while the serving env's Python runs.
         # A private server on a loopback port for the evaluation's own requests: no keys to hand around.

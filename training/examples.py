@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tool_prompt import conversation_for_template
+from tsumugi.tool_prompt import conversation_for_template
 from training.data import AlpacaRecord, ChatRecord, DataError, Record
 from training.templates import Message, alpaca_template
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
-from model_identity import file_sha256, model_identity
+from tsumugi.model_identity import file_sha256, model_identity
 
 MANIFEST_NAME = "training_manifest.json"
 LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "llmcompressor")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from model_identity import model_identity
+from tsumugi.model_identity import model_identity
 from training.errors import ModelError, OutputExistsError
 from training.manifest import derived_manifest, write_manifest
 

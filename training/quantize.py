@@ -16,7 +16,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from model_identity import file_sha256
+from tsumugi.model_identity import file_sha256
 from training.data import load_records
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.examples import render

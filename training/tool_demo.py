@@ -106,7 +106,7 @@ def score_tool_calls(server: EvaluationServer, model: str, requests: list[ToolRe
 
 def run_tool_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = False) -> tuple[ToolScore, ToolScore]:
     """Train (unless a finished adapter exists) and return (base score, adapter score)."""
-    from tool_prompt import DEFAULT_TOOL_PARSER
+    from tsumugi.tool_prompt import DEFAULT_TOOL_PARSER
     from training.evaluate import EvaluationServer  # httpx and the service: only here
 
     cfg = load_config(config, overrides)

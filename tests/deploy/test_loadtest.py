@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import free_port, service_process
+from tsumugi.launcher import free_port, service_process
 from tests.deploy.tools import ROOT, SERVE_PYTHON
 
 pytestmark = pytest.mark.slow

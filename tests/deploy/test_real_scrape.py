@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 import yaml
 
-from launcher import ServerProcess, free_port, service_process
+from tsumugi.launcher import ServerProcess, free_port, service_process
 from tests.deploy import promql
 from tests.deploy.tools import ALERT_RULES, DEPLOY, SERVE_PYTHON, tool
 

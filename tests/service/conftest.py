@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from launcher import ServerProcess, service_process
+from tsumugi.launcher import ServerProcess, service_process
 from tests.fixtures.adapters import ALPACA_JA_TEMPLATE, write_random_adapter
 from tests.fixtures.tiny_model import build_tiny_llama, build_tokenizer
 from tests.fixtures.tool_model import MAX_MODEL_LEN, build_tool_calling_model

@@ -191,7 +191,7 @@ async def test_runtime_loading_needs_an_adapter_dir(engine, tokenizer_dir, root)
 
 
 async def test_an_adapter_trained_on_other_base_weights_is_refused(engine, tokenizer_dir, root, tmp_path):
-    from model_identity import weights_sha256
+    from tsumugi.model_identity import weights_sha256
     from service.lineage import MANIFEST_FILE
 
     base = tmp_path / "base"

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from launcher import service_process
+from tsumugi.launcher import service_process
 from service.adapter_watch import READY_MARKER
 from tests.fixtures.adapters import write_random_adapter
 from tests.service.conftest import API_KEY, BASE

@@ -23,7 +23,7 @@ import jsonschema
 import openai
 import pytest
 
-from launcher import REPO, ServerProcess, service_process
+from tsumugi.launcher import REPO, ServerProcess, service_process
 from tests.service.client_scenarios import Forecast, weather_report
 
 MODEL = "tiny"

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from launcher import REPO, service_process
+from tsumugi.launcher import REPO, service_process
 from service.default_model import DEFAULT_MODEL_DIR, convert
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from launcher import ServerProcess, service_process
+from tsumugi.launcher import ServerProcess, service_process
 from tests.fixtures.tiny_model import build_tiny_llama
 from tests.service.conftest import BASE
 from tests.service.routes.test_health import sample_value, scrape

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from launcher import service_process
+from tsumugi.launcher import service_process
 from tests.fixtures.tiny_model import build_tiny_llama
 
 DRAIN_TIMEOUT = 6

@@ -24,7 +24,7 @@ import openai
 import psutil
 import pytest
 
-from launcher import ServerProcess, service_process
+from tsumugi.launcher import ServerProcess, service_process
 from tests.service.conftest import API_KEY, BASE
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher import service_process
+from tsumugi.launcher import service_process
 from service.config import Settings
 from service.engine import CPU_KV_CACHE_CAP, CPU_KV_CACHE_SEQUENCES, build_engine_args
 

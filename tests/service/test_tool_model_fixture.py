@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-import tool_prompt
+from tsumugi import tool_prompt
 from tests.fixtures.tool_model import CASES, MARKER, build_tool_calling_model, prompt_ids, target_ids
 
 

@@ -11,7 +11,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from tool_prompt import conversation_for_template
+from tsumugi.tool_prompt import conversation_for_template
 from training.data import ChatRecord, DataError, load_records, parse_record, record_key
 from training.examples import adapter_chat_template, render, tokenize_example
 

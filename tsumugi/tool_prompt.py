@@ -15,8 +15,8 @@ conversation into plain system/user/assistant turns that any template renders, i
 
 The service renders requests with it (`service/prompts.py`) and the training module renders tool-calling
 records with it (`training/templates.py`), so an adapter is prompted exactly as it was trained. Standard library
-only and a top-level module, like `launcher.py`: the serving and training virtualenvs both import it, and the
-two packages never import each other.
+only, in the shared `tsumugi` package: the serving and training virtualenvs both import it, and the two
+packages never import each other.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ checks an adapter's recorded base model against.
 A name does not say which weights: a hub repository moves and a local directory can be overwritten. So the
 identity is the name as given, the hub revision when the path is a hub-cache snapshot, and for a local
 directory the SHA-256 over its weight files (each file's name and hash, in name order). Standard library only:
-imported by `training/` and `service/`, and copied into both images.
+imported by `training/` and `service/`, and copied into both images with the `tsumugi` package.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Tests, `training.evaluate`, `bench.serving` and the deploy scrape test all run real servers (ours, vLLM's own
 OpenAI server, Prometheus) on free loopback ports. They need the same things: the log in a file, readiness
 polled over HTTP with the log tail in the error when the process dies or never becomes ready, and a stop that
-cannot hang. Standard library only, and a top-level module rather than part of `service/` or
+cannot hang. Standard library only, in the shared `tsumugi` package rather than in `service/` or
 `training/`: the serving, training and tools virtualenvs all import it, and the two packages share files,
 never imports.
 """
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 # Loopback never goes through a proxy; urllib would otherwise honour http_proxy/HTTP_PROXY from the environment.
 _LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
