@@ -38,17 +38,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tsumugi import tool_prompt
-from service.adapter_watch import AdapterDirWatcher
-from service.admission import REJECTION_REASONS
+from service.access.admission import REJECTION_REASONS
+from service.access.tenants import ANONYMOUS, KeyRing
+from service.adapters.registry import AdapterError, ModelRegistry
+from service.adapters.watch import AdapterDirWatcher
+from service.api.middleware import RequestMiddleware
+from service.api.routes import api_router, health, openapi_document
 from service.config import Settings
 from service.context import AppContext, LoadedModel
 from service.errors import AdapterRejected, install_error_handlers
-from service.middleware import RequestMiddleware
-from service.prompts import longest_token
-from service.registry import AdapterError, ModelRegistry
-from service.routes import api_router, health, openapi_document
-from service.tenants import ANONYMOUS, KeyRing
+from service.pipeline.prompts import longest_token
+from tsumugi import tool_prompt
 
 logger = logging.getLogger(__name__)
 ModelLoader = Callable[[Settings], LoadedModel]
@@ -60,8 +60,8 @@ def load_model(settings: Settings) -> LoadedModel:
     """Check adapters, load the tokenizer, start vLLM (blocking; runs in a worker thread)."""
     from transformers import AutoTokenizer
 
-    from service.engine import Engine
-    from service.tool_parsing import ToolParsing
+    from service.engine.client import Engine
+    from service.engine.tool_parsers import ToolParsing
 
     registry = ModelRegistry.from_modules(
         settings.model_name,
@@ -108,7 +108,7 @@ def create_app(
     admin_keyring = KeyRing.load(settings.admin_api_keys, None, prefix="admin") if settings.admin_api_keys else None
     settings.read_chat_template()  # a missing --chat-template file is a configuration error, before loading
     if settings.tool_call_parser:
-        from service.tool_parsing import parser_names  # vLLM's registry of parsers
+        from service.engine.tool_parsers import parser_names  # vLLM's registry of parsers
 
         if settings.tool_call_parser not in parser_names():
             raise ValueError(

@@ -12,15 +12,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from service.admission import Admission, AdmissionLimits
-from service.catalogue import AdapterCatalogue
+from service.access.admission import Admission, AdmissionLimits
+from service.access.tenants import KeyRing
+from service.adapters.catalogue import AdapterCatalogue
+from service.adapters.registry import ModelRegistry
 from service.config import Settings
-from service.engine_types import EngineClient
+from service.engine.types import EngineClient
 from service.lifecycle import Lifecycle
 from service.metrics import ServiceMetrics
-from service.registry import ModelRegistry
-from service.tenants import KeyRing
-from service.tool_calls import CallParsing
+from service.pipeline.tools import CallParsing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

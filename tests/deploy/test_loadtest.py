@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tsumugi.launcher import free_port, service_process
 from tests.deploy.tools import ROOT, SERVE_PYTHON
+from tsumugi.launcher import free_port, service_process
 
 pytestmark = pytest.mark.slow
 

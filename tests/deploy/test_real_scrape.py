@@ -15,9 +15,9 @@ import urllib.request
 import pytest
 import yaml
 
-from tsumugi.launcher import ServerProcess, free_port, service_process
 from tests.deploy import promql
 from tests.deploy.tools import ALERT_RULES, DEPLOY, SERVE_PYTHON, tool
+from tsumugi.launcher import ServerProcess, free_port, service_process
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import openai
 import pytest
 
-from tsumugi.launcher import ServerProcess, service_process
 from tests.fixtures.adapters import ALPACA_JA_TEMPLATE, write_random_adapter
 from tests.fixtures.tiny_model import build_tiny_llama, build_tokenizer
 from tests.fixtures.tool_model import MAX_MODEL_LEN, build_tool_calling_model
 from tests.service.fake_engine import FakeEngine
+from tsumugi.launcher import ServerProcess, service_process
 
 API_KEY = "test-key-123"
 BASE = "tiny"

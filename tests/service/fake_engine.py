@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
+from service.adapters.registry import ModelRegistry
 from service.app import create_app
 from service.config import Settings
 from service.context import LoadedModel
-from service.engine_types import AdapterHandle, ChoiceDelta, EngineInfo, EngineStep, GenerationParams
+from service.engine.types import AdapterHandle, ChoiceDelta, EngineInfo, EngineStep, GenerationParams
 from service.errors import AdapterRejected
-from service.registry import ModelRegistry
 
 API_KEY = "fast-key"
 BASE = "fake"

@@ -23,8 +23,8 @@ import jsonschema
 import openai
 import pytest
 
-from tsumugi.launcher import REPO, ServerProcess, service_process
 from tests.service.client_scenarios import Forecast, weather_report
+from tsumugi.launcher import REPO, ServerProcess, service_process
 
 MODEL = "tiny"
 CLIENTS_PYTHON = REPO / ".venv-clients" / "bin" / "python"

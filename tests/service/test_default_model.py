@@ -11,8 +11,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from tsumugi.launcher import REPO, service_process
 from service.default_model import DEFAULT_MODEL_DIR, convert
+from tsumugi.launcher import REPO, service_process
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 pytestmark = pytest.mark.slow

@@ -16,10 +16,10 @@ import time
 import httpx
 import pytest
 
-from tsumugi.launcher import ServerProcess, service_process
 from tests.fixtures.tiny_model import build_tiny_llama
+from tests.service.api.routes.test_health import sample_value, scrape
 from tests.service.conftest import BASE
-from tests.service.routes.test_health import sample_value, scrape
+from tsumugi.launcher import ServerProcess, service_process
 
 LONG_TOKENS = 32000
 IDLE_TIMEOUT = 60.0  # longer than the rest of the budget takes to generate, so a missing abort shows in tokens

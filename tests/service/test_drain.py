@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from tsumugi.launcher import service_process
 from tests.fixtures.tiny_model import build_tiny_llama
+from tsumugi.launcher import service_process
 
 DRAIN_TIMEOUT = 6
 LONG_TOKENS = 8000

@@ -142,7 +142,7 @@ async def test_requests_aborted_by_the_drain_end_with_503(engine, tokenizer_dir)
     engine.script = Script(tokens=["a", "b"])
 
     async def unfinished(*args, **kwargs):
-        from service.engine_types import ChoiceDelta, EngineStep
+        from service.engine.types import ChoiceDelta, EngineStep
 
         yield EngineStep([ChoiceDelta(0, "a", 1, None)], 3, False)
 
@@ -187,7 +187,7 @@ def test_every_api_error_subclass_is_reached_here():
 def test_the_service_and_these_tests_import_no_vllm():
     # In a fresh interpreter: other test modules of the session import vLLM themselves.
     code = (
-        "import sys, service.app, service.routes, tests.service.fake_engine, tests.service.test_edges; "
+        "import sys, service.app, service.api.routes, tests.service.fake_engine, tests.service.test_edges; "
         "print(sorted(m for m in sys.modules if m == 'vllm' or m.startswith('vllm.')))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

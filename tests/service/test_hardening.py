@@ -207,7 +207,7 @@ def test_a_blank_or_broken_key_configuration_stops_the_start(env, message):
 
 
 def test_keys_file_errors_name_the_entry(tmp_path):
-    from service.tenants import KeyRing
+    from service.access.tenants import KeyRing
 
     path = _keys_file(tmp_path, [{"name": "a", "key": "long-enough-key", "requests_per_minute": 0}])
     with pytest.raises(ValueError, match=r"keys\.0\.requests_per_minute"):

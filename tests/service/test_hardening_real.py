@@ -24,8 +24,8 @@ import openai
 import psutil
 import pytest
 
-from tsumugi.launcher import ServerProcess, service_process
 from tests.service.conftest import API_KEY, BASE
+from tsumugi.launcher import ServerProcess, service_process
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

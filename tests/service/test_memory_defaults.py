@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tsumugi.launcher import service_process
 from service.config import Settings
-from service.engine import CPU_KV_CACHE_CAP, CPU_KV_CACHE_SEQUENCES, build_engine_args
+from service.engine.client import CPU_KV_CACHE_CAP, CPU_KV_CACHE_SEQUENCES, build_engine_args
+from tsumugi.launcher import service_process
 
 GiB = 1024**3
 

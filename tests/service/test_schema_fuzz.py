@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from tsumugi.launcher import ServerProcess
 from tests.service.conftest import API_KEY, BASE
+from tsumugi.launcher import ServerProcess
 
 MAX_EXAMPLES = int(os.environ.get("TSUMUGI_FUZZ_EXAMPLES", "40"))
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from tsumugi import tool_prompt
 from tests.fixtures.tool_model import CASES, MARKER, build_tool_calling_model, prompt_ids, target_ids
+from tsumugi import tool_prompt
 
 
 @pytest.fixture(scope="module")

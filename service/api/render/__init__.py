@@ -1,0 +1,1 @@
+"""Engine steps → the response bytes: chat and text completions (`chat.py`), the Responses API (`responses.py`)."""
