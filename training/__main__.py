@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from training.data.templates import TEMPLATE_NAMES
 from training.errors import TrainingError
-from training.templates import TEMPLATE_NAMES
 
 
 def add_sft_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def add_merge_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_merge_command(args: argparse.Namespace) -> None:
-    from training.merge import merge_adapter
+    from training.export.merge import merge_adapter
 
     print(f"merged model written to {merge_adapter(args.base, args.adapter, args.out, args.dtype)}")
 
@@ -62,7 +62,7 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_quantize_command(args: argparse.Namespace) -> None:
-    from training.quantize import quantize_from_args
+    from training.export.quantize import quantize_from_args
 
     print(f"quantized model written to {quantize_from_args(args)}")
 
@@ -74,7 +74,7 @@ def add_memory_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    from training.demo import add_demo_arguments as add
+    from training.demos.japanese_qa import add_demo_arguments as add
 
     add(p)
 
@@ -86,7 +86,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_tool_demo_arguments(p: argparse.ArgumentParser) -> None:
-    from training.tool_demo import add_tool_demo_arguments as add
+    from training.demos.tool_calling import add_tool_demo_arguments as add
 
     add(p)
 

@@ -73,8 +73,8 @@ def run_baseline(steps: int, batch: int, out: Path) -> dict:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from training.data import load_records
-    from training.examples import render
+    from training.data.examples import render
+    from training.data.records import load_records
     from training.models import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(BASE)
@@ -127,8 +127,8 @@ def planned_peaks_gib(steps: int, batch: int) -> dict[str, float]:
     """The memory planner's predicted peak (tensors only) per run, for a batch of the longest bench record."""
     from transformers import AutoTokenizer
 
-    from training.data import load_records
-    from training.examples import build_examples
+    from training.data.examples import build_examples
+    from training.data.records import load_records
     from training.memory import plan
 
     tokenizer = AutoTokenizer.from_pretrained(BASE)

@@ -30,9 +30,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from training.data.templates import TEMPLATE_NAMES
 from training.errors import ConfigError
 from training.licences import IntendedUse
-from training.templates import TEMPLATE_NAMES
 
 __all__ = [
     "CLI_FLAGS",

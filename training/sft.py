@@ -28,9 +28,9 @@ from trl import SFTConfig as TrlSFTConfig
 
 from training.checkpoints import AtomicCheckpointSFTTrainer, latest_checkpoint, publish_directory
 from training.config import SFTConfig
-from training.data import Record, load_records, select_records, split_records
+from training.data.examples import adapter_chat_template, build_examples
+from training.data.records import Record, load_records, select_records, split_records
 from training.errors import ConfigError, ModelError, OutputExistsError
-from training.examples import adapter_chat_template, build_examples
 from training.licences import assess
 from training.manifest import build_manifest, write_loss_curve, write_manifest
 from training.models import load_causal_lm

@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from training.evaluate import EvaluationServer, load_eval_set, score
+from training.demos.held_in import EvaluationServer, load_eval_set, score
+from training.export.merge import merge_adapter
+from training.export.quantize import quantize_model
 from training.manifest import MANIFEST_NAME
-from training.merge import merge_adapter
-from training.quantize import quantize_model
 from training.sft import run_sft
 
 from .conftest import tiny_config

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from training.checkpoints import EpochSeededLengthGroupedSampler
-from training.examples import render
+from training.data.examples import render
 from training.sft import SFTRecipe
 
 from .conftest import SAMPLE, tiny_config
@@ -78,7 +78,7 @@ def test_packed_records_do_not_attend_to_each_other(tiny_model):
 def test_rendered_prompt_matches_record(tiny_model):
     from transformers import AutoTokenizer
 
-    from training.data import load_records
+    from training.data.records import load_records
 
     record = load_records([SAMPLE]).records[0]
     example = render(record, "alpaca-ja", AutoTokenizer.from_pretrained(tiny_model))

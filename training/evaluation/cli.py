@@ -18,7 +18,9 @@ import os
 from pathlib import Path
 
 from training.evaluation.atomic_files import write_atomically
-from training.evaluation.runner import Runner, add_endpoint_arguments, api_key_for, runner_from_args
+from training.evaluation.runner.client import Runner
+from training.evaluation.runner.endpoint import api_key_for
+from training.evaluation.runner.flags import add_endpoint_arguments, runner_from_args
 from training.evaluation.score_pairs import add_score_arguments
 
 
@@ -62,7 +64,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_judge_arguments(p: argparse.ArgumentParser) -> None:
-    from training.evaluation.judge import ANSWER_MAX_TOKENS, JUDGE_MAX_TOKENS
+    from training.evaluation.judge.grading import ANSWER_MAX_TOKENS, JUDGE_MAX_TOKENS
 
     p.add_argument("--questions", type=Path, required=True, help='JSONL: {"id", "category", "question", "reference"?}')
     add_model_arguments(p)
@@ -90,7 +92,8 @@ def _samples(text: str) -> int | None:
 
 def run_tasks_command(args: argparse.Namespace) -> None:
     from training.evaluation.comparison import compare_models, parse_targets, write_predictions
-    from training.evaluation.report import build_report, render_markdown, write_report
+    from training.evaluation.report.render import render_markdown, write_report
+    from training.evaluation.report.statistics import build_report
     from training.evaluation.tasks import PromptSettings, load_tasks
 
     settings = PromptSettings(
@@ -107,9 +110,11 @@ def run_tasks_command(args: argparse.Namespace) -> None:
 
 def run_judge_command(args: argparse.Namespace) -> None:
     from training.evaluation.comparison import parse_targets
-    from training.evaluation.judge import judge_models, load_questions
-    from training.evaluation.report import build_report, render_markdown, write_report
-    from training.evaluation.runner import Endpoint
+    from training.evaluation.judge.grading import judge_models
+    from training.evaluation.judge.questions import load_questions
+    from training.evaluation.report.render import render_markdown, write_report
+    from training.evaluation.report.statistics import build_report
+    from training.evaluation.runner.endpoint import Endpoint
 
     questions = load_questions(args.questions)
     targets = parse_targets(args.models, args.base_url, _api_key(args.base_url, args.api_key))

@@ -18,8 +18,9 @@ from pathlib import Path
 from training.errors import ConfigError
 from training.evaluation.atomic_files import write_atomically
 from training.evaluation.metrics import answer_of, metric_named, reference_of, score_item
-from training.evaluation.report import ItemScores
-from training.evaluation.runner import Endpoint, Runner
+from training.evaluation.report.model import ItemScores
+from training.evaluation.runner.client import Runner
+from training.evaluation.runner.endpoint import Endpoint
 from training.evaluation.tasks import PromptSettings, Task, build_requests
 
 

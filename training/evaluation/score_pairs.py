@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data import jsonl_values
+from training.data.records import jsonl_values
 from training.errors import ConfigError, DataError
 from training.evaluation.atomic_files import write_atomically
 from training.evaluation.metrics import METRICS, Metric, UnscorableReference, answer_of, metric_named, reference_of

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from training.data import jsonl_values
+from training.data.records import jsonl_values
 from training.errors import ConfigError, DataError
 from training.evaluation.metrics import METRICS
 

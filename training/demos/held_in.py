@@ -1,0 +1,110 @@
+"""Ask a served model the held-in questions and score exact answers, through the real service.
+
+Training output is only done when the service answers correctly with it, so evaluation starts
+`python -m service` from the serving virtualenv (vLLM lives there, not in the training env) and sends
+greedy chat requests over HTTP: the adapter is prompted through its own chat template, as users will.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from training.data.records import AlpacaRecord, load_records
+
+REPO = Path(__file__).resolve().parents[2]
+SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Question:
+    """One held-in question: the chat message a user sends, the substring a correct reply contains, and the
+    record's whole answer (what the adapter was trained to say; the report's reference)."""
+
+    prompt: str
+    answer: str
+    reference: str = ""
+
+
+def load_eval_set(eval_file: Path) -> list[Question]:
+    """Questions from an eval definition (`{"data": file, "items": [{"index", "answer"}]}`).
+
+    Records with an `input` are asked as instruction + blank line + input in one user message."""
+    spec = json.loads(Path(eval_file).read_text(encoding="utf-8"))
+    records = load_records([Path(eval_file).parent / spec["data"]]).records
+    questions = []
+    for item in spec["items"]:
+        record = records[item["index"]]
+        if not isinstance(record, AlpacaRecord):
+            raise ValueError(f"{eval_file}: item {item['index']} is not an Alpaca record")
+        prompt = f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
+        questions.append(Question(prompt=prompt, answer=item["answer"], reference=record.output))
+    return questions
+
+
+class EvaluationServer:
+    """The service from the serving virtualenv, as a context manager, answering `.chat(model, text)` greedily.
+
+    Not `service.adapters.registry.ServedModel` (a model the service serves): this is a whole service process."""
+
+    def __init__(self, service_args: list[str], log_path: Path, ready_timeout: float = 600.0) -> None:
+        if not SERVE_PYTHON.exists():
+            raise FileNotFoundError(f"{SERVE_PYTHON} is missing; run `make .venv-serve/.installed` first")
+        # The repo's top-level launcher; imported here because it exists only beside a serving env (a checkout).
+        from tsumugi.launcher import service_process
+
+        # VIRTUAL_ENV would name the training env while the serving env's Python runs.
+        # A private server on a loopback port for the evaluation's own requests: no keys to hand around.
+        self.server = service_process(
+            [*service_args, "--no-auth"],
+            log_path,
+            python=SERVE_PYTHON,
+            env={"VIRTUAL_ENV": None},
+            ready_timeout=ready_timeout,
+        )
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def __enter__(self) -> EvaluationServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.stop()
+
+    def chat(self, model: str, text: str, max_tokens: int = 48) -> str:
+        """Greedy reply to one user message."""
+        return self.reply(model, [{"role": "user", "content": text}], max_tokens)["content"] or ""
+
+    def reply(self, model: str, messages: list[dict], max_tokens: int, **fields: object) -> dict:
+        """The greedy reply message to `messages` (with `tool_calls` when the model called a tool); `fields` are
+        further request fields, such as `tools`."""
+        response = httpx.post(
+            f"{self.url}/v1/chat/completions",
+            json={"model": model, "messages": messages, "temperature": 0, "max_tokens": max_tokens, **fields},
+            timeout=120,
+        )
+        response.raise_for_status()
+        return response.json()["choices"][0]["message"]
+
+
+@dataclass(frozen=True)
+class Score:
+    correct: int
+    total: int
+    replies: list[str]
+
+    @property
+    def rate(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+def score(server: EvaluationServer, model: str, questions: list[Question], max_tokens: int = 48) -> Score:
+    replies = [server.chat(model, q.prompt, max_tokens) for q in questions]
+    correct = sum(q.answer in reply for q, reply in zip(questions, replies, strict=True))
+    return Score(correct=correct, total=len(questions), replies=replies)
