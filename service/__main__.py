@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.config import Settings, cli_flags
+from service.errors import StartupError
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -53,7 +54,8 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
     def fail(self, exc: BaseException) -> None:
-        self.exit_code = 1
+        """Stop: exit 2 for the operator's mistake (`StartupError`), 1 for anything else (the engine died, a bug)."""
+        self.exit_code = 2 if isinstance(exc, StartupError) else 1
         self.should_exit = True
 
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     server: DrainingServer | None = None
     try:
         app = create_app(settings, on_fatal=lambda exc: server.fail(exc) if server else None)
-    except ValueError as exc:
+    except StartupError as exc:  # only the operator's mistakes: a bug of ours keeps its traceback, exit 1
         print(f"invalid configuration: {exc}", file=sys.stderr)  # noqa: T201
         return 2
     keyring = app.state.context.keyring

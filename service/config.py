@@ -17,6 +17,8 @@ from typing import Annotated, Literal, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.errors import StartupError
+
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32 config/lora.py: max_lora_rank's choices
 
 
@@ -187,7 +189,7 @@ class Settings(BaseSettings):
         if "{" not in self.chat_template and path.is_file():
             return path.read_text(encoding="utf-8")
         if "{" not in self.chat_template:
-            raise ValueError(f"--chat-template {self.chat_template}: no such file, and not a Jinja template")
+            raise StartupError(f"--chat-template {self.chat_template}: no such file, and not a Jinja template")
         return self.chat_template
 
     @property

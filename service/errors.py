@@ -134,10 +134,29 @@ class Overloaded(APIError):
 
 
 class EngineFailure(APIError):
-    """The engine failed, or our own code did: never the client's fault, so never a 4xx."""
+    """The engine failed while running a request: never the client's fault, so never a 4xx."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
     type = "internal_error"
+
+
+class InternalError(APIError):
+    """A bug of ours, as the client sees it: a 500 naming the request id whose traceback the log carries."""
+
+    status = HTTPStatus.INTERNAL_SERVER_ERROR
+    type = "internal_error"
+
+
+class StartupError(Exception):
+    """A configuration the service cannot start with (a flag, a keys file, a model or adapter directory): the
+    operator's to fix, so `python -m service` prints it as one line and exits 2. Anything else that stops the
+    start is a bug of ours and keeps its traceback (exit 1)."""
+
+
+class ArtifactError(StartupError):
+    """A model or adapter directory whose files cannot be served (unreadable manifest, licence or template,
+    missing weights, refused by the engine), with the reason: stops the start when it is a start-up adapter,
+    and is an `AdapterRejected` (400) when the admin API or the watched directory brings it at runtime."""
 
 
 def reported_failure(exc: EngineFailure, request_id: str) -> EngineFailure:
@@ -146,9 +165,9 @@ def reported_failure(exc: EngineFailure, request_id: str) -> EngineFailure:
     return EngineFailure(f"{exc.message} (request id {request_id})")
 
 
-def internal_error(request_id: str) -> EngineFailure:
+def internal_error(request_id: str) -> InternalError:
     """What a client sees of a bug of ours: a 500 naming the request id that the logged traceback carries."""
-    return EngineFailure(f"The server had an error while processing your request (request id {request_id}).")
+    return InternalError(f"The server had an error while processing your request (request id {request_id}).")
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

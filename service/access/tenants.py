@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.errors import Unauthorized
+from service.errors import StartupError, Unauthorized
 
 
 class TenantSpec(BaseModel):
@@ -83,14 +83,14 @@ class KeyRing:
         names = [t.name for t in tenants]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"API key names must be unique: {', '.join(duplicates)}")
+            raise StartupError(f"API key names must be unique: {', '.join(duplicates)}")
         if len({t.digest for t in tenants}) != len(tenants):
-            raise ValueError("the same API key is configured twice")
+            raise StartupError("the same API key is configured twice")
         self.tenants = tenants
 
     @classmethod
     def load(cls, keys: list[str], keys_file: Path | None, prefix: str = "key") -> KeyRing:
-        """Keys from flags/env (named `<prefix>-1`, ...) plus the keys file; raises `ValueError` naming what is
+        """Keys from flags/env (named `<prefix>-1`, ...) plus the keys file; raises `StartupError` naming what is
         wrong (never a key)."""
         tenants = [Tenant(name=f"{prefix}-{i}", digest=digest_of(key)) for i, key in enumerate(keys, start=1)]
         if keys_file is not None:
@@ -116,16 +116,16 @@ def read_keys_file(path: Path) -> KeysFile:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ValueError(f"cannot read the API keys file {path}: {exc.strerror}") from None
+        raise StartupError(f"cannot read the API keys file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+        raise StartupError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
     try:
         return KeysFile.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'keys'}: {e['msg']}" for e in exc.errors(include_input=False)
         )
-        raise ValueError(f"{path}: {problems}") from None
+        raise StartupError(f"{path}: {problems}") from None
 
 
 def _tenant(spec: TenantSpec) -> Tenant:

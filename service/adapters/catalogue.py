@@ -36,7 +36,7 @@ from service.adapters.checks import adapter_directory, check_base, check_name, r
 from service.adapters.lineage import read_licence, read_lineage
 from service.adapters.registry import ModelRegistry, ServedModel, read_chat_template
 from service.engine.types import AdapterHandle, EngineClient
-from service.errors import AdapterExists, AdapterRejected, APIError, ModelNotFound, PermissionDenied
+from service.errors import AdapterExists, AdapterRejected, APIError, ArtifactError, ModelNotFound, PermissionDenied
 from service.metrics import ServiceMetrics
 from tsumugi.model_identity import weights_sha256
 
@@ -215,7 +215,7 @@ class AdapterCatalogue:
             lineage = read_lineage(directory)
             licence = read_licence(directory, lineage)
             template = read_chat_template(directory)
-        except (ValueError, OSError) as exc:  # an unreadable manifest, licence file or template
+        except (ArtifactError, OSError) as exc:  # an unreadable manifest, licence file or template
             raise AdapterRejected(str(exc), param="path") from None
         if facts.base_weights_sha256:
             check_base(facts, await self._base_weights_sha256())

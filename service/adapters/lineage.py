@@ -22,11 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from service.errors import ArtifactError
+
 MANIFEST_FILE = "training_manifest.json"  # the name training/manifest.py writes
 LICENCE_FILE = "licence.yaml"  # a model directory's declared terms, as training/licences.py reads them
 
 
-class ManifestError(ValueError):
+class ManifestError(ArtifactError):
     """A manifest file that exists but cannot be read: the artifact is not served rather than served unlabelled."""
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from service.adapters.lineage import LICENCE_FILE, Lineage, read_licence, read_lineage
 from service.config import LoRAModule
 from service.engine.types import NULL_ADAPTER_NAME, AdapterHandle
-from service.errors import ModelNotFound
+from service.errors import ArtifactError, ModelNotFound
 
 
-class AdapterError(ValueError):
+class AdapterError(ArtifactError):
     """An adapter directory that cannot be served; raised at start-up, before the engine loads."""
 
 
@@ -84,7 +84,7 @@ class ModelRegistry:
         """Stop serving an adapter by name (requests that already resolved it keep their version)."""
         served = self.resolve(name)
         if served.adapter is None:
-            raise ValueError("the base model cannot be withdrawn")
+            raise RuntimeError("the base model cannot be withdrawn")  # the catalogue never asks: a bug
         del self._by_name[name]
         return served
 

@@ -10,15 +10,15 @@ Authentication happens before all of them, in `middleware.py`: 401 beats every o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.adapters.catalogue import AdapterCatalogue
-from service.api.middleware import RequestRecord, record_of
+from service.api.middleware import record_of
 from service.context import AppContext, LoadedModel
 from service.errors import InvalidRequest, ServiceUnavailable
+from service.pipeline.call import Call
 
 TIMEOUT_HEADER = "x-request-timeout"
 
@@ -33,14 +33,6 @@ async def get_model(context: Annotated[AppContext, Depends(get_context)]) -> Loa
     if context.model is None:  # admit() already refuses this; the check narrows the type
         raise ServiceUnavailable("The model is still loading; retry shortly.")
     return context.model
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """This call as the generation sees it: its access-log record (who, which model) and its time limit."""
-
-    record: RequestRecord
-    timeout: float
 
 
 async def get_call(request: Request, context: Annotated[AppContext, Depends(get_context)]) -> Call:

@@ -22,34 +22,21 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.access.tenants import ANONYMOUS, KeyRing, Tenant
-from service.errors import APIError, PayloadTooLarge, PermissionDenied, Unauthorized, internal_error
+from service.access.tenants import KeyRing
+from service.errors import APIError, ClientClosed, PayloadTooLarge, PermissionDenied, Unauthorized, internal_error
 from service.metrics import ServiceMetrics
+from service.pipeline.call import CallRecord, Outcome
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("tsumugi.access")
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}
-STATUS_CLIENT_CLOSED = 499
+STATUS_CLIENT_CLOSED = ClientClosed.status
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """What the access log and the metrics say about one request; the route and the generation fill in what
-    they learn (model, tokens, first-token time) and the middleware writes it once, when the request ends."""
-
-    request_id: str
-    tenant: Tenant = ANONYMOUS
-    model: str = "unknown"  # the resolved model name, never the client's raw string (bounded label values)
-    num_prompt_tokens: int = 0
-    num_completion_tokens: int = 0
-    ttft_s: float | None = None
 
 
 ADMIN_PREFIX = "/v1/adapters"  # the admin API: admin keys only (`--admin-api-key`), never user keys
@@ -75,7 +62,7 @@ class RequestMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        record = RequestRecord(_request_id(scope))
+        record = CallRecord(_request_id(scope))
         scope.setdefault("state", {})["record"] = record
         scope["state"]["request_id"] = record.request_id
         header = (b"x-request-id", record.request_id.encode())
@@ -105,14 +92,15 @@ class RequestMiddleware:
                 await internal_error(record.request_id).response()(scope, receive, send_with_id)
         finally:
             final = status if complete else STATUS_CLIENT_CLOSED
+            outcome = record.outcome()
             endpoint = ENDPOINTS.get(scope["path"])
             if endpoint is not None:
-                self.metrics.count(record.model, endpoint, final, record.tenant.name)
-                self.metrics.count_tokens(record.tenant.name, record.num_prompt_tokens, record.num_completion_tokens)
+                self.metrics.count(outcome.model, endpoint, final, record.tenant.name)
+                self.metrics.count_tokens(record.tenant.name, outcome.num_prompt_tokens, outcome.num_completion_tokens)
             if scope["path"].startswith("/v1/"):
-                _log_access(scope, record, final, time.perf_counter() - started)
+                _log_access(scope, record, outcome, final, time.perf_counter() - started)
 
-    def _refusal(self, scope: Scope, record: RequestRecord) -> APIError | None:
+    def _refusal(self, scope: Scope, record: CallRecord) -> APIError | None:
         """401 or 413 from the headers alone, before any of the body is read."""
         if not scope["path"].startswith("/v1/"):
             return None
@@ -132,7 +120,7 @@ class RequestMiddleware:
             return PayloadTooLarge(self.max_body_bytes)
         return None
 
-    def _admin_refusal(self, authorization: str, record: RequestRecord) -> APIError | None:
+    def _admin_refusal(self, authorization: str, record: CallRecord) -> APIError | None:
         """Admin routes: an admin key passes; a valid user key gets 403 (valid, but not for this); anything else
         401. `--no-auth` opens the user routes only; without `--admin-api-key` the admin API is closed (403)."""
         refused: APIError | None = None
@@ -173,17 +161,17 @@ class RequestMiddleware:
         return bounded_receive
 
 
-def _log_access(scope: Scope, record: RequestRecord, status: int, duration_s: float) -> None:
+def _log_access(scope: Scope, record: CallRecord, outcome: Outcome, status: int, duration_s: float) -> None:
     line = {
         "request_id": record.request_id,
         "method": scope["method"],
         "path": scope["path"],
         "status": status,
         "key": record.tenant.name,
-        "model": record.model,
-        "prompt_tokens": record.num_prompt_tokens,
-        "completion_tokens": record.num_completion_tokens,
-        "ttft_ms": None if record.ttft_s is None else round(record.ttft_s * 1000, 1),
+        "model": outcome.model,
+        "prompt_tokens": outcome.num_prompt_tokens,
+        "completion_tokens": outcome.num_completion_tokens,
+        "ttft_ms": None if outcome.ttft_s is None else round(outcome.ttft_s * 1000, 1),
         "duration_ms": round(duration_s * 1000, 1),
     }
     access_log.info(json.dumps(line))
@@ -196,9 +184,9 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-def record_of(scope: Scope) -> RequestRecord:
+def record_of(scope: Scope) -> CallRecord:
     """This request's record (made here for requests that did not pass the middleware, such as in unit tests)."""
     state = scope.setdefault("state", {})
     if "record" not in state:
-        state["record"] = RequestRecord(state.get("request_id") or uuid.uuid4().hex)
+        state["record"] = CallRecord(state.get("request_id") or uuid.uuid4().hex)
     return state["record"]

@@ -22,17 +22,18 @@ from dataclasses import dataclass
 
 from service.access.admission import Ticket
 from service.adapters.registry import ServedModel
-from service.api.deps import Call
-from service.api.middleware import STATUS_CLIENT_CLOSED, RequestRecord
 from service.context import AppContext
 from service.engine.types import EngineClient, EngineStep, GenerationParams
-from service.errors import APIError, DeadlineExceeded, ServiceUnavailable
+from service.errors import APIError, ClientClosed, DeadlineExceeded, ServiceUnavailable
 from service.lifecycle import Lifecycle
 from service.metrics import RequestTracker
+from service.pipeline.call import Call, Outcome
 
 ABORTED = "The server shut down before this response finished."
 
 Tagged = tuple[int, EngineStep]
+ReleaseAdapter = Callable[[float | None], None]  # called once the engine stream is closed, with the TTFT
+STATUS_CLIENT_CLOSED = ClientClosed.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ class Generation:
         lifecycle: Lifecycle,
         tracker: RequestTracker,
         ticket: Ticket,
-        record: RequestRecord,
+        release_adapter: ReleaseAdapter,
         stream: AsyncIterator[EngineStep] | AsyncIterator[Tagged],
         lifecycle_key: str,
         num_prompts: int,
@@ -69,7 +70,7 @@ class Generation:
         self._lifecycle = lifecycle
         self._tracker = tracker
         self._ticket = ticket
-        self._record = record
+        self._release_adapter = release_adapter
         self._deadline: asyncio.TimerHandle | None = None
         self._abort: asyncio.Task | None = None
         self._timeout = 0.0
@@ -82,7 +83,6 @@ class Generation:
         self._settled = False
         self._lifecycle_key = lifecycle_key
         self.num_prompt_tokens = num_prompt_tokens
-        self._release_adapter: Callable[[float | None], None] = _no_lease
 
     @classmethod
     async def start(
@@ -95,11 +95,11 @@ class Generation:
         params: list[GenerationParams],
         call: Call,
     ) -> Generation:
-        """Admit the request, hand its prompts to the engine and wait for the first step."""
-        context.lifecycle.admit()
+        """Admit the request, hand its prompts to the engine and wait for the first step. (Readiness was
+        checked once, by the route's `ModelDep`; a drain that starts after it waits for this request.)"""
         num_choices, num_prompt_tokens = sum(p.n for p in params), sum(map(len, prompts))
-        record, timeout = call.record, call.timeout
-        ticket = context.require_admission().admit(record.tenant, served.name, num_choices, num_prompt_tokens)
+        timeout = call.timeout
+        ticket = context.require_admission().admit(call.record.tenant, served.name, num_choices, num_prompt_tokens)
         release = context.adapters.lease(served) if context.adapters is not None else _no_lease
         key = uuid.uuid4().hex  # engine ids must be unique even when clients reuse their X-Request-Id
         engine_ids = [f"{key}-{i}" for i in range(len(prompts))]
@@ -110,9 +110,9 @@ class Generation:
         stream = parts[0] if len(parts) == 1 else _merged(parts)
         tracker = context.metrics.track(served.name, endpoint)
         generation = cls(
-            context.lifecycle, tracker, ticket, record, stream, key, len(prompts), num_choices, num_prompt_tokens
+            context.lifecycle, tracker, ticket, release, stream, key, len(prompts), num_choices, num_prompt_tokens
         )
-        generation._release_adapter = release
+        call.record.track(generation)
         context.lifecycle.started(key, engine_ids)
         generation._arm_deadline(timeout, lambda: engine.abort(engine_ids))
         try:
@@ -163,6 +163,11 @@ class Generation:
             aborted=self._num_finished < self._num_choices,
         )
 
+    def outcome(self, model: str) -> Outcome:
+        """Tokens and time to first token so far, for the access log and the per-key metrics."""
+        tracker = self._tracker
+        return Outcome(model, self.num_prompt_tokens, tracker.num_output_tokens, tracker.ttft_s)
+
     def interruption(self) -> APIError | None:
         """Why the steps ended with choices unfinished (the deadline, or the drain), or None."""
         if self._num_finished >= self._num_choices:
@@ -200,9 +205,6 @@ class Generation:
             tracker.finish(status, self.num_prompt_tokens)
             self._ticket.release(tracker.num_output_tokens)
             self._lifecycle.finished(self._lifecycle_key)
-            record = self._record
-            record.num_prompt_tokens, record.num_completion_tokens = self.num_prompt_tokens, tracker.num_output_tokens
-            record.ttft_s = tracker.ttft_s
 
 
 def _no_lease(ttft_s: float | None) -> None:

@@ -81,6 +81,7 @@ class ToolCallReader(Protocol):
     """Reads one choice's output; a new reader per choice (stream readers keep state)."""
 
     keeps_special_tokens: bool  # whether the format's markers are special tokens the text must keep
+    num_parse_failures: int  # calls the model began that could not be read (their text stays content)
 
     def feed(self, text: str, token_ids: Sequence[int]) -> Piece:
         """Streamed: what to emit for the text (and token ids) that just arrived."""
@@ -222,6 +223,7 @@ class NamedCallReader:
     """`tool_choice` naming a function: the constrained output is that call's arguments."""
 
     keeps_special_tokens = False
+    num_parse_failures = 0  # the grammar made the text the call: there is nothing it could fail to read
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -253,6 +255,7 @@ class RequiredCallsReader:
     """`tool_choice: "required"`: a constrained JSON array of calls, read when the choice ends."""
 
     keeps_special_tokens = False
+    num_parse_failures = 0  # the grammar made the text the call: there is nothing it could fail to read
 
     def __init__(self, parallel: bool) -> None:
         self._parallel = parallel

@@ -172,8 +172,10 @@ async def test_dead_engine_fails_health_and_readiness(engine, tokenizer_dir):
 
 def test_every_api_error_subclass_is_reached_here():
     # Keeps this file honest: a new APIError subclass needs a fast test above.
-    covered = {InvalidRequest, ModelNotFound, ServiceUnavailable, Overloaded, EngineFailure, APIError}
     from service import errors
+
+    covered = {InvalidRequest, ModelNotFound, ServiceUnavailable, Overloaded, EngineFailure, APIError}
+    covered.add(errors.InternalError)  # test_a_bug_of_ours_is_a_500_with_request_id_never_a_400
 
     subclasses = {c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, APIError)}
     hardening = {  # test_hardening.py

@@ -208,12 +208,13 @@ def test_a_blank_or_broken_key_configuration_stops_the_start(env, message):
 
 def test_keys_file_errors_name_the_entry(tmp_path):
     from service.access.tenants import KeyRing
+    from service.errors import StartupError
 
     path = _keys_file(tmp_path, [{"name": "a", "key": "long-enough-key", "requests_per_minute": 0}])
-    with pytest.raises(ValueError, match=r"keys\.0\.requests_per_minute"):
+    with pytest.raises(StartupError, match=r"keys\.0\.requests_per_minute"):
         KeyRing.load([], path)
     path = _keys_file(tmp_path, [{"name": "a", "key": "long-enough-key"}, {"name": "a", "key": "another-key-1"}])
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(StartupError, match="unique"):
         KeyRing.load([], path)
 
 

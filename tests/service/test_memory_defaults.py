@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.engine.client import CPU_KV_CACHE_CAP, CPU_KV_CACHE_SEQUENCES, build_engine_args
+from service.engine.args import CPU_KV_CACHE_CAP, CPU_KV_CACHE_SEQUENCES, build_engine_args
 from tsumugi.launcher import service_process
 
 GiB = 1024**3

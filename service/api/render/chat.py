@@ -16,31 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from service.api.render.stream_errors import dumps as _dumps
+from service.api.render.stream_errors import mid_stream_error
 from service.engine.types import ChoiceDelta, TokenLogprob
-from service.errors import (
-    APIError,
-    ClientClosed,
-    EngineFailure,
-    internal_error,
-    reported_failure,
-    request_id_of,
-)
+from service.errors import APIError, ClientClosed, request_id_of
 from service.pipeline.generation import Generation, GenerationResult
+from service.pipeline.start import ChatRun
 from service.pipeline.tools import ToolCallReader
 
-logger = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _encode_text = json.encoder.encode_basestring  # the C encoder for one JSON string, quotes included
 
 
@@ -145,13 +138,8 @@ async def sse_events(
         interruption = generation.interruption()
         if interruption is not None:
             yield error_event(interruption)
-    except EngineFailure as exc:
-        yield error_event(reported_failure(exc, request_id))
-    except APIError as exc:
-        yield error_event(exc)
     except Exception as exc:
-        logger.error("request %s failed mid-stream", request_id, exc_info=exc)
-        yield error_event(internal_error(request_id))
+        yield error_event(mid_stream_error(exc, request_id))
     if encoder.include_usage:
         yield encoder.usage(generation.result())
     yield DONE
@@ -224,23 +212,18 @@ def text_logprobs(logprobs: list[TokenLogprob], top_logprobs: int, offset: int =
 
 
 class ChatShape:
-    """Choices of `/v1/chat/completions`; with `readers` (one per choice), tool calls are read out of the text."""
+    """Choices of `/v1/chat/completions`; with the run's `readers` (one per choice), tool calls are read out of
+    the text."""
 
     object_name = "chat.completion"
     chunk_object_name = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
-    def __init__(
-        self,
-        n: int,
-        top_logprobs: int | None,
-        readers: list[ToolCallReader] | None = None,
-        count_tool_calls: Callable[[bool, int], None] | None = None,
-    ) -> None:
+    def __init__(self, n: int, top_logprobs: int | None, run: ChatRun | None = None) -> None:
         self.n = n
         self.top_logprobs = top_logprobs  # None: no logprobs asked for
-        self.readers = readers
-        self._count_tool_calls = count_tool_calls
+        self.readers = run.readers if run is not None else None
+        self._run = run
         self._called = [False] * n
 
     def opening(self) -> list[str]:
@@ -276,7 +259,7 @@ class ChatShape:
             choices.append(_chat_chunk_choice(index, {"tool_calls": [call.openai_shape()]}))
         if delta.finish_reason is not None:
             choices.append(_chat_chunk_choice(index, {}, finish_reason))
-            self._count(self._called[index], reader)
+            self._count(index, self._called[index])
         return choices
 
     def final_choice(self, index: int, choice: CollectedChoice) -> dict:
@@ -290,12 +273,12 @@ class ChatShape:
             message["content"], finish_reason = read.content, read.finish_reason
             if read.calls:
                 message["tool_calls"] = [call.openai_shape() for call in read.calls]
-            self._count(bool(read.calls), self.readers[index])
+            self._count(index, bool(read.calls))
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
 
-    def _count(self, called: bool, reader: ToolCallReader) -> None:
-        if self._count_tool_calls is not None:
-            self._count_tool_calls(called, getattr(reader, "num_parse_failures", 0))
+    def _count(self, index: int, called: bool) -> None:
+        if self._run is not None:
+            self._run.choice_read(index, called)
 
 
 def _content_choice(index: int, text: str) -> str:

@@ -17,11 +17,9 @@ An error after the stream has started is an `error` event, and the stream ends.
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +27,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.render.chat import collect
+from service.api.render.stream_errors import dumps as _dumps
+from service.api.render.stream_errors import mid_stream_error
 from service.api.schemas.responses import ResponsesRequest
-from service.errors import APIError, EngineFailure, internal_error, reported_failure, request_id_of
+from service.errors import APIError, request_id_of
 from service.pipeline.generation import Generation, GenerationResult
-from service.pipeline.tools import CallDelta, Piece, ToolCall, ToolCallReader
-
-logger = logging.getLogger(__name__)
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+from service.pipeline.start import ChatRun
+from service.pipeline.tools import CallDelta, Piece, ToolCall
 
 
 @dataclass
@@ -116,26 +114,20 @@ def new_item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-async def respond(
-    request: Request,
-    generation: Generation,
-    body: ResponsesRequest,
-    reader: ToolCallReader | None,
-    count_tool_calls: Callable[[bool, int], None],
-) -> JSONResponse | StreamingResponse:
+async def respond(request: Request, run: ChatRun, body: ResponsesRequest) -> JSONResponse | StreamingResponse:
     """The response for a started generation: streamed as events, or collected into one object."""
-    frame = ResponseFrame(body)
+    frame, generation = ResponseFrame(body), run.generation
     if body.stream:
-        events = ResponseEvents(frame, reader, count_tool_calls)
+        events = ResponseEvents(frame, run)
         return StreamingResponse(
             events.stream(generation, request_id_of(request.scope)), media_type="text/event-stream"
         )
     (choice,) = await collect(request, generation)
     content, calls, finish_reason = choice.text, [], choice.finish_reason
-    if reader is not None:
-        read = reader.read(choice.text, finish_reason)
+    if run.readers is not None:
+        read = run.readers[0].read(choice.text, finish_reason)
         content, calls, finish_reason = read.content, read.calls, read.finish_reason
-        count_tool_calls(bool(calls), getattr(reader, "num_parse_failures", 0))
+        run.choice_read(0, bool(calls))
     output = [message_item(new_item_id("msg"), content)] if content else []
     output += [call_item(new_item_id("fc"), call) for call in calls]
     cut = finish_reason == "length"
@@ -145,12 +137,10 @@ async def respond(
 class ResponseEvents:
     """The event stream of one response: items opened as their first text or call arrives, closed in order."""
 
-    def __init__(
-        self, frame: ResponseFrame, reader: ToolCallReader | None, count_tool_calls: Callable[[bool, int], None]
-    ) -> None:
+    def __init__(self, frame: ResponseFrame, run: ChatRun) -> None:
         self._frame = frame
-        self._reader = reader
-        self._count_tool_calls = count_tool_calls
+        self._run = run
+        self._reader = run.readers[0] if run.readers is not None else None
         self._sequence = 0
         self._output: list[dict[str, Any]] = []  # finished items
         self._message: dict[str, Any] | None = None  # the open message item
@@ -175,8 +165,7 @@ class ResponseEvents:
                             last_calls, finish_reason = self._reader.finish(finish_reason)
                             for event in self._piece(Piece(calls=last_calls)):
                                 yield event
-                            failures = getattr(self._reader, "num_parse_failures", 0)
-                            self._count_tool_calls(bool(self._calls), failures)
+                            self._run.choice_read(0, bool(self._calls))
             interruption = generation.interruption()
             if interruption is not None:
                 yield self._error(interruption)
@@ -186,13 +175,8 @@ class ResponseEvents:
             cut = finish_reason == "length"
             final = self._frame.response("incomplete" if cut else "completed", self._output, generation.result(), cut)
             yield self._event("response.incomplete" if cut else "response.completed", response=final)
-        except EngineFailure as exc:
-            yield self._error(reported_failure(exc, request_id))
-        except APIError as exc:
-            yield self._error(exc)
         except Exception as exc:
-            logger.error("request %s failed mid-stream", request_id, exc_info=exc)
-            yield self._error(internal_error(request_id))
+            yield self._error(mid_stream_error(exc, request_id))
 
     def _piece(self, piece: Piece) -> list[bytes]:
         events = []

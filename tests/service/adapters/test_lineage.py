@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.adapters.lineage import MANIFEST_FILE, Lineage, read_lineage
+from service.errors import ArtifactError
 from tests.service.fake_engine import BASE, CHAT, envelope, fake_app, running_app
 
 pytestmark = pytest.mark.anyio
@@ -82,10 +83,10 @@ def test_an_embedded_manifest_that_differs_from_its_recorded_hash_is_not_verifie
 def test_no_manifest_is_no_lineage_and_an_unreadable_one_is_an_error(tmp_path):
     assert read_lineage(tmp_path) is None and read_lineage("HuggingFaceTB/SmolLM2-135M-Instruct") is None
     (tmp_path / MANIFEST_FILE).write_text('{"kind": "merged",')
-    with pytest.raises(ValueError, match="not a readable JSON manifest"):
+    with pytest.raises(ArtifactError, match="not a readable JSON manifest"):
         read_lineage(tmp_path)
     (tmp_path / MANIFEST_FILE).write_text("[]")
-    with pytest.raises(ValueError, match="must be a JSON object"):
+    with pytest.raises(ArtifactError, match="must be a JSON object"):
         read_lineage(tmp_path)
 
 

@@ -24,8 +24,8 @@ import pytest
 
 from service.adapters.watch import READY_MARKER
 from tests.fixtures.adapters import write_random_adapter
-from tests.service.conftest import API_KEY, BASE
 from tests.service.adapters.test_isolation import same_tokens
+from tests.service.conftest import API_KEY, BASE
 from tsumugi.launcher import service_process
 
 ADMIN_KEY = "admin-key-live-1"
@@ -227,16 +227,17 @@ def test_a_version_rewritten_in_place_is_served_fresh(live):
 
 
 def test_a_start_up_adapter_the_engine_refuses_stops_the_start(tiny_model: Path, tmp_path: Path):
-    """Loaded through add_lora at start: the refusal ends the start with vLLM's reason, exit 1 (before this, the
-    service started and the engine died at the adapter's first request)."""
+    """Loaded through add_lora at start: the refusal ends the start with vLLM's reason as one line, exit 2 (the
+    operator's adapter, not a bug; before this, the service started and the engine died at its first request)."""
     broken = write_random_adapter(tiny_model, tmp_path / "broken", seed=9)
     rename_module(broken, "q_proj", "no_such_proj")
     command = [sys.executable, "-m", "service", "--model", str(tiny_model), "--lora-modules", f"b={broken}",
                "--no-auth", "--port", "0", "--max-model-len", "512"]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.returncode == 2, run.stderr[-2000:]
     assert "adapter 'b': The engine could not load the adapter" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_a_watched_directory_is_served_by_its_name(live, server):

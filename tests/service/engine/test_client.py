@@ -48,6 +48,13 @@ def test_vllm_validation_error_is_the_clients():
         run(StubLLM([], fail_with=ValueError("prompt is too long")))
 
 
+def test_a_type_error_inside_vllm_is_ours_not_the_clients():
+    """vLLM raises TypeError for a wrong argument (ours: say, params of the wrong type), never for client data."""
+    with pytest.raises(APIError) as info:
+        run(StubLLM([], fail_with=TypeError("params must be either SamplingParams or PoolingParams")))
+    assert info.value.status == 500 and not isinstance(info.value, InvalidRequest)
+
+
 def test_a_bug_in_our_conversion_is_not_blamed_on_the_client():
     broken = SimpleNamespace(outputs=[choice("a", None, None)], prompt_token_ids=[1, 2], finished=False)  # type: ignore[arg-type]
     with pytest.raises(TypeError) as info:
@@ -94,7 +101,7 @@ def test_auto_dtype_is_one_the_kernels_run(tmp_path, quantization, dtype, on_cpu
     import json
 
     from service.config import Settings
-    from service.engine.client import resolve_dtype
+    from service.engine.args import resolve_dtype
 
     config = {"model_type": "llama", **({"quantization_config": quantization} if quantization else {})}
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -105,9 +112,10 @@ def test_an_explicit_dtype_the_w4a16_kernel_cannot_run_is_a_clear_error(tmp_path
     import json
 
     from service.config import Settings
-    from service.engine.client import resolve_dtype
+    from service.engine.args import resolve_dtype
+    from service.errors import StartupError
 
     config = {"quantization_config": {"quant_method": "gptq", "bits": 4}}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="--dtype float32"):
+    with pytest.raises(StartupError, match="--dtype float32"):
         resolve_dtype(Settings(model=str(tmp_path), dtype="float32", no_auth=True), on_cpu=True)

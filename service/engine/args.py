@@ -1,0 +1,124 @@
+"""vLLM's engine arguments from our `Settings`: dtype, KV-cache size on CPU, LoRA slots and memory.
+
+`vllm serve` derives these from its flags; we derive them from `Settings` (same flag names), adding what a CPU
+box needs: a KV-cache size from the model (vLLM's CPU worker would otherwise reserve 90% of the machine's
+memory) and a dtype its kernels compute correctly (`resolve_dtype`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.platforms import current_platform
+
+from service.config import Settings
+from service.errors import StartupError
+
+logger = logging.getLogger(__name__)
+GiB = 1024**3
+CPU_KV_CACHE_CAP = 4 * GiB
+CPU_KV_CACHE_SEQUENCES = 16
+
+
+def resolve_dtype(settings: Settings, on_cpu: bool) -> str:
+    """The activation dtype to run: `--dtype auto` picks one the model's kernels support on this device.
+
+    On CPU, plain models run in float32 (vLLM 0.32's CPU bf16 path gave wrong greedy text on SmolLM2-135M
+    where fp32 matches transformers) and 4-bit weight-only models (AWQ, GPTQ, compressed-tensors W4A16, what
+    `training quantize` writes) in bfloat16, the only activation dtype of vLLM's CPU W4A16 kernel: float32
+    crashes the engine at start-up (`"cpu_gemm_wna16" not implemented for 'Float'`). On GPU, auto is the
+    model's own dtype. An explicit dtype those kernels cannot run is refused here, naming the flag."""
+    w4a16 = on_cpu and is_weight_only_4bit(Path(settings.model))
+    if settings.dtype == "auto":
+        if w4a16:
+            return "bfloat16"
+        return "float32" if on_cpu else "auto"
+    if w4a16 and settings.dtype != "bfloat16":
+        raise StartupError(
+            f"--dtype {settings.dtype}: this model has 4-bit weight-only quantization, whose CPU kernel runs "
+            "only in bfloat16; use --dtype auto or bfloat16"
+        )
+    return settings.dtype
+
+
+def is_weight_only_4bit(model_dir: Path) -> bool:
+    """Whether the model directory's config declares 4-bit weights with unquantized activations."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # a hub id, or no readable config: vLLM reports what is wrong
+    quantization = config.get("quantization_config") or {}
+    method = quantization.get("quant_method")
+    if method in ("awq", "gptq"):
+        return quantization.get("bits", quantization.get("w_bit", 4)) == 4
+    if method == "compressed-tensors":
+        groups = (quantization.get("config_groups") or {}).values()
+        return any(
+            (group.get("weights") or {}).get("num_bits") == 4 and not group.get("input_activations") for group in groups
+        )
+    return False
+
+
+def cpu_kv_cache_bytes(args: AsyncEngineArgs) -> int:
+    """The CPU KV-cache size when none is given: room for `CPU_KV_CACHE_SEQUENCES` full-length sequences, at
+    most `CPU_KV_CACHE_CAP` but never less than one full-length sequence (vLLM refuses to start without that).
+
+    Without an explicit size, vLLM's CPU worker reserves `gpu_memory_utilization` (0.9) of the NUMA node's
+    memory and refuses to start unless that much is free: 17 GiB for a 135M model, and no start at all on a
+    machine where other programs hold a few GiB."""
+    model = args.create_model_config()
+    per_token = 2 * model.get_total_num_hidden_layers() * model.get_total_num_kv_heads() * model.get_head_size()
+    one_sequence = per_token * model.dtype.itemsize * model.max_model_len
+    return max(one_sequence, min(CPU_KV_CACHE_CAP, one_sequence * CPU_KV_CACHE_SEQUENCES))
+
+
+def runtime_adapters(settings: Settings) -> bool:
+    """Adapters may be added while the service runs (`--adapter-dir`): LoRA is on even with none at start."""
+    return settings.adapter_dir is not None
+
+
+def build_engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) -> AsyncEngineArgs:
+    args = _engine_args(settings, num_adapters, use_null_adapter)
+    legacy_size = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "")  # vLLM's own variable overrides any size given
+    if args.kv_cache_memory_bytes is None and current_platform.is_cpu() and not legacy_size:
+        args.kv_cache_memory_bytes = cpu_kv_cache_bytes(args)
+        logger.info(
+            "KV cache on CPU: %.2f GiB (set --kv-cache-memory-bytes to change)", args.kv_cache_memory_bytes / GiB
+        )
+    return args
+
+
+def _engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) -> AsyncEngineArgs:
+    return AsyncEngineArgs(
+        model=settings.model,
+        served_model_name=settings.model_name,
+        tokenizer=settings.tokenizer,
+        dtype=resolve_dtype(settings, current_platform.is_cpu()),
+        quantization=settings.quantization,
+        max_model_len=settings.max_model_len,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        kv_cache_memory_bytes=settings.kv_cache_memory_bytes,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        enforce_eager=settings.enforce_eager,
+        seed=settings.seed,
+        enable_lora=num_adapters > 0 or runtime_adapters(settings),
+        max_loras=settings.max_loras + (1 if use_null_adapter else 0),
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=cpu_loras(settings, num_adapters, use_null_adapter),
+        generation_config="auto",
+    )
+
+
+def cpu_loras(settings: Settings, num_adapters: int, use_null_adapter: bool) -> int | None:
+    """Adapters vLLM keeps loaded in memory (its LRU beyond the slots): `--max-cpu-loras`, else every adapter
+    given at start; always more than the slots (vLLM requires at least as many, and the null adapter takes one)."""
+    if not (num_adapters or runtime_adapters(settings)):
+        return None
+    slots = settings.max_loras + (1 if use_null_adapter else 0)
+    return max(settings.max_cpu_loras or num_adapters + 1, slots + 1)
