@@ -37,10 +37,11 @@ from bench.serving import (
     server_process,
     update_benchmarks_md,
 )
+from tsumugi.default_model import DEFAULT_MODEL
 from tsumugi.launcher import REPO
 
 HEADING = "## Serving: overload at 4x capacity"
-MODEL = "models/smollm2-135m-instruct"
+MODEL = DEFAULT_MODEL
 MAX_NUM_SEQS = 16
 OUTPUT_TOKENS = 32
 CAPACITY_SECONDS = 20.0

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsumugi.default_model import DEFAULT_MODEL
 from tsumugi.launcher import HOST, REPO, ServerProcess, free_port, service_process
 
 INPUT_TOKENS = 64
@@ -120,7 +121,7 @@ WORKLOADS = {
         Workload(
             name="smollm2-completions",
             heading="## Serving",
-            model="models/smollm2-135m-instruct",
+            model=DEFAULT_MODEL,
             backend="openai",
             endpoint="/v1/completions",
             engine_flags=("--dtype", "float32", "--max-model-len", "2048"),

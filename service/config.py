@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import StartupError
+from tsumugi.default_model import DEFAULT_MODEL
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32 config/lora.py: max_lora_rank's choices
 
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TSUMUGI_", frozen=True, extra="ignore")
 
-    model: str = Field(default="models/smollm2-135m-instruct", description="model directory or hub id")
+    model: str = Field(default=DEFAULT_MODEL, description="model directory or hub id")
     served_model_name: str | None = None
     tokenizer: str | None = None
     # auto: float32 for plain models on CPU (vLLM 0.32's CPU bf16 path gave wrong greedy text on SmolLM2),

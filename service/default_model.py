@@ -17,7 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path("models/smollm2-135m-instruct")
+from tsumugi.default_model import DEFAULT_MODEL
+
+DEFAULT_MODEL_DIR = Path(DEFAULT_MODEL)
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

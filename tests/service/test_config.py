@@ -25,6 +25,29 @@ def test_flags_are_named_like_vllm_serve():
     assert settings.max_model_len == 4096 and settings.enforce_eager and settings.tensor_parallel_size == 2
 
 
+# Every public flag, as deployments and docs use them: a rename or a lost flag fails here (they are generated from
+# `Settings`, so a field rename would otherwise change the command line silently).
+PUBLIC_FLAGS = [
+    "--adapter-dir", "--admin-api-key", "--api-key", "--api-keys-file", "--chat-template", "--drain-timeout",
+    "--dtype", "--enable-auto-tool-choice", "--enforce-eager", "--gpu-memory-utilization", "--help", "--host",
+    "--kv-cache-memory-bytes", "--log-level", "--lora-modules", "--max-cpu-loras", "--max-lora-rank", "--max-loras",
+    "--max-model-len", "--max-num-batched-tokens", "--max-num-queued-requests", "--max-num-seqs",
+    "--max-queued-prompt-tokens", "--max-request-body-bytes", "--model", "--no-auth", "--port", "--quantization",
+    "--request-timeout", "--require-licence-metadata", "--seed", "--served-model-name", "--tensor-parallel-size",
+    "--tokenizer", "--tool-call-parser", "--watch-adapter-dir", "-h",
+]  # fmt: skip
+
+
+def test_the_public_flags_are_exactly_these():
+    import argparse
+
+    from service.config import cli_flags
+
+    parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    cli_flags(parser)
+    assert sorted(option for action in parser._actions for option in action.option_strings) == PUBLIC_FLAGS
+
+
 def test_environment_fills_what_flags_leave(monkeypatch):
     monkeypatch.setenv("TSUMUGI_MODEL", "/models/env")
     monkeypatch.setenv("TSUMUGI_PORT", "9000")

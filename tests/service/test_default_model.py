@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from service.default_model import DEFAULT_MODEL_DIR, convert
+from tsumugi.default_model import DEFAULT_MODEL
 from tsumugi.launcher import REPO, service_process
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -31,7 +32,7 @@ def test_default_model_answers_and_matches_transformers(smollm2):
     model_dir, proc = smollm2
     client = openai.OpenAI(base_url=f"{proc.url}/v1", api_key="unused", max_retries=0, timeout=120)
     [model] = client.models.list().data
-    assert Path(model.id) == Path("models/smollm2-135m-instruct")
+    assert Path(model.id) == Path(DEFAULT_MODEL)
     response = client.chat.completions.create(model=model.id, messages=QUESTION, max_tokens=24, temperature=0)
     text = response.choices[0].message.content
     assert "Paris" in text, text
