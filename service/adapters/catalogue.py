@@ -11,9 +11,12 @@ What vLLM 0.32 does and does not do decides the rules here (read in its `lora/` 
 * `add_lora` validates an adapter before it evicts anything; a load that fails later, inside a batch, ends the
   engine. So a version is loaded (and refused, with the engine's reason) before any request can name it;
 * it keeps `--max-cpu-loras` adapters in memory and reads the others from disk when a request needs them, and
-  says which it holds only when asked (`list_loras`). So each adapter request asks, as it is sent: a request
-  that finds its version out of memory counts as a cold load (its time to first token is the first-request
-  load time), and a served version seen in memory before and out of it now counts as an eviction.
+  says which it holds only when asked (`list_loras`, a call the engine core answers between its steps). So
+  adapter requests ask as they are sent, sharing one question: a request sent while an answer is awaited
+  takes that answer instead of asking again, so under load the engine is asked about once a step, not once a
+  request (each question waits in the queue the requests themselves go through). A request whose
+  version is not in the answer counts as a cold load (its time to first token is the first-request load
+  time), and a served version seen in memory before and out of it now counts as an eviction.
 
 Every admin change holds one lock: calls for a name are serialised, and the name is switched to the new
 version in one step (`ModelRegistry.publish`), so requests that resolved the old version finish on it and later
@@ -98,6 +101,7 @@ class AdapterCatalogue:
         self._tasks: set[asyncio.Task] = set()
         self._base_sha256: str | None = None  # "" once computed for a base without local weights
         self._resident: set[int] = set()  # the engine ids in memory when last asked
+        self._probe: asyncio.Task[set[int] | None] | None = None  # the question in flight, shared by requests
 
     # ---- requests ---------------------------------------------------------------------------------------------
     def lease(self, served: ServedModel) -> Callable[[float | None], None]:
@@ -108,7 +112,9 @@ class AdapterCatalogue:
             return _nothing
         self._leases[handle.lora_id] += 1
         self._requests[served.name] += 1
-        probe = self._spawn(self._was_resident(handle.lora_id))
+        if self._probe is None or self._probe.done():
+            self._probe = self._spawn(self._resident_ids())
+        probe = self._probe
 
         def release(ttft_s: float | None) -> None:
             self._leases[handle.lora_id] -= 1
@@ -116,16 +122,17 @@ class AdapterCatalogue:
                 del self._leases[handle.lora_id]
                 if handle.lora_id in self._retired:
                     self._spawn(self._unload(self._retired.pop(handle.lora_id)))
-            if probe.done() and probe.result() is False:
+            resident = probe.result() if probe.done() else None
+            if resident is not None and handle.lora_id not in resident:
                 self.metrics.adapter_cold_loads.labels(served.name).inc()
                 if ttft_s is not None:
                     self.metrics.adapter_cold_start.observe(ttft_s)
 
         return release
 
-    async def _was_resident(self, lora_id: int) -> bool | None:
-        """Whether the engine held this version in memory as the request was sent (None: it did not say);
-        counts the evictions seen since it was last asked."""
+    async def _resident_ids(self) -> set[int] | None:
+        """The engine ids the engine holds in memory now (None: it did not say); counts the evictions seen
+        since it was last asked."""
         try:
             resident = await self.engine.resident_adapter_ids()
         except Exception:  # the engine is stopping or dead; the request itself reports that
@@ -134,7 +141,7 @@ class AdapterCatalogue:
         self.metrics.adapter_evictions.inc(len((self._resident - resident) & served))
         self.metrics.adapters_in_memory.set(len(resident & served))
         self._resident = resident
-        return lora_id in resident
+        return resident
 
     # ---- admin ------------------------------------------------------------------------------------------------
     def serves(self, name: str) -> bool:

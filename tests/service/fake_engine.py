@@ -67,6 +67,8 @@ class FakeEngine:
         self.removed: list[AdapterHandle] = []
         self.refuse_adapters: str | None = None  # a reason: add_adapter refuses every adapter with it
         self.resident: set[int] | None = None  # what resident_adapter_ids says (None: every loaded adapter)
+        self.resident_delay = 0.0  # seconds each resident_adapter_ids answer takes (an engine core mid-step)
+        self.resident_calls = 0
         self.shut_down = False
 
     async def generate(
@@ -106,6 +108,9 @@ class FakeEngine:
         self.removed.append(adapter)
 
     async def resident_adapter_ids(self) -> set[int]:
+        self.resident_calls += 1
+        if self.resident_delay:
+            await asyncio.sleep(self.resident_delay)
         return set(self.adapters) if self.resident is None else set(self.resident)
 
     async def check_health(self) -> None:

@@ -227,6 +227,24 @@ async def test_a_start_up_adapter_the_engine_refuses_fails_the_start(engine, tok
     assert engine.shut_down
 
 
+async def test_concurrent_adapter_requests_share_one_residency_question(engine, tokenizer_dir, root):
+    """Requests sent while the engine is being asked which adapters it holds take that answer: the engine is
+    asked about once per answer time, not once per request (each question waits in the engine core's queue)."""
+    app = admin_app(engine, tokenizer_dir, root)
+    async with running_app(app) as client:
+        assert (await client.post("/v1/adapters", json={"name": "ja", "path": "ja-v1"}, headers=ADMIN)).is_success
+        engine.resident, engine.resident_delay = set(), 0.3  # held on disk; each answer takes 0.3 s
+        engine.script = Script(tokens=["a", "b"], step_delay=0.3)  # answered before each request ends
+        replies = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json={**CHAT, "model": "ja"}) for _ in range(8))
+        )
+        await app.state.context.adapters.settled()
+        metrics = (await client.get("/metrics")).text
+    assert [r.status_code for r in replies] == [200] * 8
+    assert engine.resident_calls <= 2  # 8 when each request asks for itself
+    assert 'tsumugi_adapter_cold_loads_total{model="ja"} 8.0' in metrics  # each counted from the shared answer
+
+
 async def test_cold_loads_and_evictions_are_counted(engine, tokenizer_dir, root):
     """The engine says which adapters it holds in memory: a request for one it does not hold is a cold load
     (its time to first token observed apart), and one seen held before and gone now is an eviction."""
