@@ -23,7 +23,7 @@ import pytest
 from tests.deploy.tools import ROOT, SERVE_PYTHON
 from tsumugi.launcher import free_port, service_process
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 LOADTEST_PYTHON = ROOT / ".venv-loadtest" / "bin" / "python"
 SERVED_NAME = "tiny"

@@ -19,7 +19,7 @@ from tests.deploy import promql
 from tests.deploy.tools import ALERT_RULES, DEPLOY, SERVE_PYTHON, tool
 from tsumugi.launcher import ServerProcess, free_port, service_process
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 SERVED_NAME = "tiny"
 API_KEY = "scrape-test-key"

@@ -26,6 +26,8 @@ import pytest
 from tests.service.client_scenarios import Forecast, weather_report
 from tsumugi.launcher import REPO, ServerProcess, service_process
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 MODEL = "tiny"
 CLIENTS_PYTHON = REPO / ".venv-clients" / "bin" / "python"
 QUESTION = [{"role": "user", "content": "What is the weather in Tokyo?"}]

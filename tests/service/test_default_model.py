@@ -16,7 +16,7 @@ from tsumugi.default_model import DEFAULT_MODEL
 from tsumugi.launcher import REPO, service_process
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from tests.service.api.routes.test_health import sample_value, scrape
 from tests.service.conftest import BASE
 from tsumugi.launcher import ServerProcess, service_process
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 LONG_TOKENS = 32000
 IDLE_TIMEOUT = 60.0  # longer than the rest of the budget takes to generate, so a missing abort shows in tokens
 LONG = {"model": BASE, "messages": [{"role": "user", "content": "go"}], "max_tokens": LONG_TOKENS, "ignore_eos": True}

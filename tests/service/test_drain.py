@@ -13,6 +13,8 @@ import pytest
 from tests.fixtures.tiny_model import build_tiny_llama
 from tsumugi.launcher import service_process
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 DRAIN_TIMEOUT = 6
 LONG_TOKENS = 8000
 

@@ -27,6 +27,8 @@ import pytest
 from tests.service.conftest import API_KEY, BASE
 from tsumugi.launcher import ServerProcess, service_process
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 COMPLETION = {"model": BASE, "prompt": "hi", "max_tokens": 4}

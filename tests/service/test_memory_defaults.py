@@ -16,6 +16,8 @@ from service.config import Settings
 from service.engine.args import CPU_KV_CACHE_CAP, CPU_KV_CACHE_SEQUENCES, build_engine_args
 from tsumugi.launcher import service_process
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 GiB = 1024**3
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
@@ -17,6 +18,8 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 
 from tests.service.conftest import API_KEY, BASE
 from tsumugi.launcher import ServerProcess
+
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
 
 MAX_EXAMPLES = int(os.environ.get("TSUMUGI_FUZZ_EXAMPLES", "40"))
 

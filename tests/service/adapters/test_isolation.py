@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from transformers import AutoTokenizer
 
 from tests.fixtures.adapters import ALPACA_JA_TEMPLATE
 from tests.service.conftest import BASE
+
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
 
 QUESTIONS = ["Hello", "What is the capital of France?", "日本の首都は?", "summarise this paragraph"]
 

@@ -28,6 +28,8 @@ from tests.service.adapters.test_isolation import same_tokens
 from tests.service.conftest import API_KEY, BASE
 from tsumugi.launcher import service_process
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 ADMIN_KEY = "admin-key-live-1"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 PROMPTS = ["Hello there", "The capital of France is", "日本の首都は"]

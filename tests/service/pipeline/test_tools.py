@@ -19,6 +19,8 @@ from service.pipeline.tools import NamedCallReader, RequiredCallsReader, ToolCal
 from tests.fixtures.tool_model import CASES, TOOLS, target_ids
 from tests.service.conftest import API_KEY, BASE
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 MODEL = "tool"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from tests.service.conftest import API_KEY, BASE
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 HELLO = [{"role": "user", "content": "Hello, how are you today?"}]
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from tests.service.conftest import BASE
 
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
+
 PROMPT = "The capital of France is"
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.service.conftest import API_KEY, BASE
+
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
 
 
 def scrape(url: str) -> dict[str, list]:

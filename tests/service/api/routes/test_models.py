@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.service.conftest import BASE
+
+pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
 
 
 def test_lists_base_and_adapters_with_parent(client):
