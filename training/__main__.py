@@ -3,7 +3,8 @@
 Only the chosen command's arguments are defined, and each command imports its libraries itself, so `memory`
 runs on the standard library alone (no torch, pydantic or httpx) and stays instant. A user mistake (a
 `TrainingError`: bad config value, bad data, unusable model directory, existing output) ends as one line
-`error: ...` and exit code 2, without a traceback.
+`error: ...` and exit code 2, without a traceback. Anything else is our bug, not the user's: it is not caught,
+so it keeps its traceback and exits with code 1.
 """
 
 from __future__ import annotations
@@ -118,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         args.handler(args)
-    # FileNotFoundError/FileExistsError: a path the user named, from code that does not raise TrainingError.
-    except (TrainingError, FileNotFoundError, FileExistsError) as error:
+    except TrainingError as error:  # anything else is our bug: it keeps its traceback and exit code 1
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

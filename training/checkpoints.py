@@ -16,6 +16,8 @@ import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from trl import SFTTrainer
 
+from training.errors import OutputExistsError
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STAGING_NAME = ".staging"
 
@@ -94,6 +96,6 @@ class AtomicCheckpointSFTTrainer(SFTTrainer):
 def publish_directory(staging: Path, target: Path) -> None:
     """Move a finished directory into place in one rename (same filesystem), refusing to overwrite."""
     if target.exists():
-        raise FileExistsError(f"{target} already exists; remove it or choose another output directory")
+        raise OutputExistsError(f"{target} already exists; remove it or choose another output directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import UTC, datetime
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tsumugi.model_identity import file_sha256, model_identity
@@ -44,7 +44,7 @@ def library_versions() -> dict[str, str]:
     for name in LIBRARIES:
         try:
             found[name] = version(name)
-        except Exception:
+        except PackageNotFoundError:  # not installed in this environment: not recorded
             continue
     return found
 

@@ -150,7 +150,7 @@ def serve_weight_bytes(shape: ModelShape, dtype: str, group_size: int = 128) -> 
         return linear * 1 + out_channels * 2 + other * 2
     if dtype == "int4":
         return linear * (0.5 + 2 / group_size) + other * 2
-    raise ValueError(f"unknown dtype {dtype!r}; choose one of {SERVE_DTYPES}")
+    raise ConfigError(f"--dtype for serving must be one of {SERVE_DTYPES}, got {dtype!r}")
 
 
 def kv_bytes_per_token(shape: ModelShape, kv_dtype: str = "bf16") -> int:
@@ -248,7 +248,7 @@ def plan_training(shape: ModelShape, name: str, mode: str, dtype: str, batch: in
 def plan(model: str, mode: str, dtype: str | None = None, batch: int = 1, seq_len: int = 2048, lora_r: int = 16,
          checkpointing: bool | float = True, gpu_gib: float = 80.0) -> MemoryPlan:  # fmt: skip
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
     shape = load_shape(model)
     if mode == "serve":
         return plan_serving(shape, model, dtype or "bf16", batch, seq_len, gpu_gib)

@@ -235,7 +235,7 @@ def select_records(records: list[Record], indices: list[int] | None) -> list[Rec
 
 def split_records(records: list[Record], validation_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Deterministic train/validation split by hashing (seed, record content) into [0, 1)."""
-    if not 0.0 <= validation_fraction < 1.0:
+    if not 0.0 <= validation_fraction < 1.0:  # the config checks the range: here it is our bug
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     train, validation = [], []
     for record in records:

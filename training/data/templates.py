@@ -152,5 +152,6 @@ TEMPLATE_NAMES = (*ALPACA_TEMPLATES, "chat")
 
 def alpaca_template(name: str) -> AlpacaTemplate:
     if name not in ALPACA_TEMPLATES:
+        # config and --template offer only known names: an unknown one here is our bug
         raise ValueError(f"unknown Alpaca template {name!r}; choose one of {sorted(ALPACA_TEMPLATES)}")
     return ALPACA_TEMPLATES[name]

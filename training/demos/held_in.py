@@ -7,13 +7,14 @@ greedy chat requests over HTTP: the adapter is prompted through its own chat tem
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from training.data.records import AlpacaRecord, load_records
+from training.data.eval_sets import load_eval_definition
+from training.data.records import AlpacaRecord
+from training.errors import DataError, TrainingError
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
@@ -33,13 +34,10 @@ def load_eval_set(eval_file: Path) -> list[Question]:
     """Questions from an eval definition (`{"data": file, "items": [{"index", "answer"}]}`).
 
     Records with an `input` are asked as instruction + blank line + input in one user message."""
-    spec = json.loads(Path(eval_file).read_text(encoding="utf-8"))
-    records = load_records([Path(eval_file).parent / spec["data"]]).records
     questions = []
-    for item in spec["items"]:
-        record = records[item["index"]]
+    for item, record in load_eval_definition(eval_file):
         if not isinstance(record, AlpacaRecord):
-            raise ValueError(f"{eval_file}: item {item['index']} is not an Alpaca record")
+            raise DataError(f"{eval_file}: item {item['index']} is not an Alpaca record")
         prompt = f"{record.instruction}\n\n{record.input}" if record.input else record.instruction
         questions.append(Question(prompt=prompt, answer=item["answer"], reference=record.output))
     return questions
@@ -52,7 +50,7 @@ class EvaluationServer:
 
     def __init__(self, service_args: list[str], log_path: Path, ready_timeout: float = 600.0) -> None:
         if not SERVE_PYTHON.exists():
-            raise FileNotFoundError(f"{SERVE_PYTHON} is missing; run `make .venv-serve/.installed` first")
+            raise TrainingError(f"{SERVE_PYTHON} is missing; run `make .venv-serve/.installed` first")
         # The repo's top-level launcher; imported here because it exists only beside a serving env (a checkout).
         from tsumugi.launcher import service_process
 

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from training.config import load_config
-from training.data.records import ChatRecord, DataError, load_records
+from training.data.eval_sets import load_eval_definition
+from training.data.records import ChatRecord
 from training.demos.japanese_qa import add_shared_demo_arguments, cell, trained_adapter
+from training.errors import DataError
 
 if TYPE_CHECKING:
     from training.demos.held_in import EvaluationServer
@@ -46,11 +48,8 @@ def load_tool_eval_set(eval_file: Path) -> list[ToolRequest]:
 
     Each item must be held in: its request is the first user message of record `index` and its call is that
     record's first call (or null where the record answers in prose)."""
-    spec = json.loads(Path(eval_file).read_text(encoding="utf-8"))
-    records = load_records([Path(eval_file).parent / spec["data"]]).records
     requests = []
-    for item in spec["items"]:
-        record = records[item["index"]]
+    for item, record in load_eval_definition(eval_file):
         if not isinstance(record, ChatRecord) or record.tools is None:
             raise DataError(f"{eval_file}: item {item['index']}: {record.source} is not a record with tools")
         user, reply = record.messages[0], record.messages[1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from training.errors import ModelError, OutputExistsError
+from training.errors import ConfigError, ModelError, OutputExistsError
 from training.manifest import derived_manifest, write_manifest
 from tsumugi.model_identity import model_identity
 
@@ -20,7 +20,7 @@ MERGE_DTYPES = ("bf16", "fp16", "fp32")
 def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> Path:
     """Checks the arguments before torch and peft load, so a mistake is reported in a second."""
     if dtype not in MERGE_DTYPES:
-        raise ValueError(f"--dtype must be one of {MERGE_DTYPES}, got {dtype!r}")  # the CLI offers only these
+        raise ConfigError(f"--dtype must be one of {MERGE_DTYPES}, got {dtype!r}")
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelError(f"{adapter} is not a LoRA adapter directory (no adapter_config.json)")
     out = Path(out)

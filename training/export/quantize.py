@@ -61,7 +61,7 @@ def build_recipe(method: str, group_size: int) -> list:
         return [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
     if method == "gptq":
         return [GPTQModifier(config_groups=groups, ignore=["lm_head"])]
-    raise ValueError(f"unknown quantization method {method!r}; choose one of {METHODS}")
+    raise ConfigError(f"--method must be one of {METHODS}, got {method!r}")
 
 
 def calibration_dataset(data: Path, tokenizer, template: str, num_samples: int, max_length: int, seed: int = 0):
