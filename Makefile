@@ -22,7 +22,7 @@ define fresh_venv
 	touch $(1)/.installed
 endef
 
-.PHONY: all serve test lint format test-serve test-train test-deploy bench bench-train train clean loadtest
+.PHONY: all serve test test-fast lint format test-serve test-train test-deploy bench bench-train train clean loadtest
 
 all: .venv-serve/.installed .venv-train/.installed
 
@@ -52,7 +52,16 @@ train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training demo
 
 # ---- tests ---------------------------------------------------------------------------------------------
+# `make test`: lint and every tier. Tiers (pytest markers, pyproject.toml): in-process tests, `engine` (a real
+# model: the vLLM engine in a server process, or a training run) and `slow` (the SmolLM2 demos, minutes each).
+# `make test-fast` runs the in-process tier alone (under a minute); one tier of one suite, for example:
+# `make test-serve PYTEST_ARGS='-m engine'`.
 test: lint test-serve test-train test-deploy
+
+FAST_TIER := -m "not engine and not slow"
+test-fast: .venv-serve/.installed .venv-train/.installed
+	$(SERVE_PY) -m pytest -q tests/service $(FAST_TIER) $(PYTEST_ARGS)
+	$(TRAIN_PY) -m pytest -q tests/training $(FAST_TIER) $(PYTEST_ARGS)
 
 lint: .venv-serve/.installed
 	.venv-serve/bin/ruff check .
