@@ -24,6 +24,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.tool_parsers import ToolParserManager
 from vllm.tool_parsers.abstract_tool_parser import ToolParser
 
+from service.errors import StartupError
 from service.pipeline.tools import CallDelta, Piece, ReadMessage, ToolCall, new_call_id, normalized_arguments
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ class ToolParsing:
         try:
             self._parser_class = ToolParserManager.get_tool_parser(name)
         except KeyError:
-            raise ValueError(f"--tool-call-parser {name}: unknown; choose one of {', '.join(parser_names())}") from None
+            raise StartupError(
+                f"--tool-call-parser {name}: unknown; choose one of {', '.join(parser_names())}"
+            ) from None
         self.name = name
         self._tokenizer = tokenizer
 

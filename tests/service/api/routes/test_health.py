@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +18,19 @@ def scrape(url: str) -> dict[str, list]:
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     return {family.name: family.samples for family in text_string_to_metric_families(r.text)}
+
+
+def quiet_scrape(url: str) -> dict[str, list]:
+    """A scrape taken when no request is in flight on the shared server, so that a counter's difference
+    between two scrapes is this test's requests alone (a stream an earlier test left would count too)."""
+    deadline = time.monotonic() + 30
+    while True:
+        families = scrape(url)
+        in_flight = sample_value(families.get("tsumugi_requests_in_flight", []), "tsumugi_requests_in_flight")
+        if in_flight == 0:
+            return families
+        assert time.monotonic() < deadline, f"{in_flight} requests still in flight after 30 s"
+        time.sleep(0.2)
 
 
 def sample_value(samples, name: str, **labels) -> float:
@@ -35,7 +50,7 @@ def test_unknown_route_is_404_envelope_for_a_caller_with_a_key(server):
 
 
 def test_metrics_count_requests_tokens_and_latencies(server, client):
-    before = scrape(server.url)
+    before = quiet_scrape(server.url)
     client.chat.completions.create(
         model=BASE,
         messages=[{"role": "user", "content": "hi"}],
@@ -75,7 +90,7 @@ def test_errors_are_counted_by_status(server, client):
     import openai
     import pytest
 
-    before = scrape(server.url)
+    before = quiet_scrape(server.url)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "x"}], max_tokens=10**6)
     after = scrape(server.url)
