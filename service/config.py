@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     """Everything the service is configured with; defaults suit a CPU box serving a small model.
 
     Each field is a flag (`cli_flags` derives them, so a flag cannot disagree with its field) and a
-    `TSUMUGI_*` variable. `None` limits are derived from the engine once it is up (see `admission.py`)."""
+    `TSUMUGI_*` variable. `None` limits are derived from the engine once it is up (see `access/admission.py`)."""
 
     model_config = SettingsConfigDict(env_prefix="TSUMUGI_", frozen=True, extra="ignore")
 

@@ -133,7 +133,7 @@ class Engine:
                 structured_outputs=structured,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except VLLMValidationError as exc:  # our own checks (protocol.py, sampling.py) should come first
+        except VLLMValidationError as exc:  # our own checks (api/schemas, pipeline/sampling.py) come first
             raise InvalidRequest(exc.args[0] if exc.args else str(exc), param=exc.parameter) from exc
         except (VLLMClientError, ValueError) as exc:
             raise InvalidRequest(str(exc)) from exc

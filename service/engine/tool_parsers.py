@@ -1,7 +1,7 @@
 """`tool_choice: "auto"`: a vLLM tool parser reads the calls a model wrote in its own format.
 
 vLLM's parsers (`vllm/tool_parsers/`, one per model family: hermes, llama3_json, pythonic, mistral, ...) are
-vLLM's API, so, like `engine.py`, this module alone imports them. `ToolParsing` is built once at start-up from
+vLLM's API, so, like `client.py`, this folder alone imports them. `ToolParsing` is built once at start-up from
 `--tool-call-parser`; `ToolParsing.reader()` gives each choice an `AutoCallsReader`, which implements
 `tool_calls.ToolCallReader` on top of the parser and enforces what the parsers leave to chance (reported in
 vLLM's tracker: #58228, #28806): ids and names on each call's first delta, arguments that are a JSON object

@@ -1,8 +1,8 @@
 """What goes into the engine and what comes out of it, in our own terms (no vLLM import).
 
-Every module past `engine.py` (registry, generation, output, routes, tests) speaks these types, so none of
+Every module outside `engine/` (registry, generation, renderers, routes, tests) speaks these types, so none of
 them imports vLLM and a fake engine for fast tests implements `EngineClient` with nothing but the standard
-library. `engine.py` maps them onto vLLM's types at the boundary.
+library. `engine/client.py` maps them onto vLLM's types at the boundary.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ NULL_ADAPTER_NAME = "tsumugi-null-adapter"
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
     """Sampling settings for one prompt. Field names are vLLM's `SamplingParams` keywords, so the engine maps
-    them by name and a new field is added here and in `sampling.py`, nowhere else.
+    them by name and a new field is added here and in `pipeline/sampling.py`, nowhere else.
 
     `None` means "the model's generation_config default, else the engine's"."""
 
@@ -95,7 +95,7 @@ class EngineInfo:
 
 
 class EngineClient(Protocol):
-    """The calls the service makes on an engine: vLLM's in `engine.py`, a scripted one in fast tests."""
+    """The calls the service makes on an engine: vLLM's in `engine/client.py`, a scripted one in fast tests."""
 
     info: EngineInfo
 

@@ -1,7 +1,7 @@
 """Request fields → `GenerationParams`: the one place sampling settings are derived from a request.
 
 Fields that chat and completions share, and that `GenerationParams` names the same way, are copied by name
-(`_SHARED`), so a new sampling field is declared in `protocol.py` and in `GenerationParams` and needs no
+(`_SHARED`), so a new sampling field is declared in `api/schemas/sampling.py` and in `GenerationParams` and needs no
 mapping code; only the endpoint-specific ones (output budget, logprobs, structured output) are spelled out.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from service.api.schemas.chat import ChatCompletionRequest, CompletionRequest, SamplingFields
+from service.api.schemas.chat import ChatCompletionRequest
+from service.api.schemas.completions import CompletionRequest
+from service.api.schemas.sampling import SamplingFields
 from service.engine.types import GenerationParams
 from service.errors import InvalidRequest
 from service.pipeline.tools import ToolCallPolicy

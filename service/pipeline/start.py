@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.api.schemas.chat import ChatCompletionRequest, CompletionRequest
+from service.api.schemas.chat import ChatCompletionRequest
+from service.api.schemas.completions import CompletionRequest
 from service.context import AppContext, LoadedModel
 from service.pipeline.call import Call
 from service.pipeline.generation import Generation

@@ -9,7 +9,7 @@ A request's `tool_choice` decides how its output is read (`ToolCallPolicy`):
 * `required`: the output was constrained to a JSON array of `{"name", "parameters"}` objects (one or more calls
   of the given tools, at most one when `parallel_tool_calls` is false). It is read when the choice ends;
   `finish_reason` becomes `tool_calls`.
-* `auto`: the model wrote calls in its own format, which a vLLM tool parser reads (`tool_parsing.py`, behind
+* `auto`: the model wrote calls in its own format, which a vLLM tool parser reads (`engine/tool_parsers.py`, behind
   the engine boundary), text before the calls staying content.
 
 Whatever the mode, the rules OpenAI's clients depend on are applied here once: every call has a unique

@@ -1,6 +1,6 @@
 """Engine steps → a Responses API answer: one `response` object, or its stream of typed events.
 
-The generation is chat's (`routes/responses.py` maps the request onto chat); only the shape differs. Output is
+The generation is chat's (`pipeline/start.py` runs the request mapped onto chat); only the shape differs. Output is
 a list of items: a `message` item holding the text (when there is any), then one `function_call` item per call,
 read by the same `ToolCallReader` as chat's `tool_calls`. A stream is OpenAI's event sequence:
 

@@ -1,6 +1,6 @@
-"""The admin API for adapters: load, replace and retire fine-tunes while the service runs (`catalogue.py`).
+"""The admin API for adapters: load, replace and retire fine-tunes while the service runs (`adapters/catalogue.py`).
 
-Admin keys only (`--admin-api-key`; a user key gets 403, checked in `middleware.py`), and only adapters under
+Admin keys only (`--admin-api-key`; a user key gets 403, checked in `api/middleware.py`), and only adapters under
 `--adapter-dir`. A refused adapter is a 400 naming why (its path, rank, format, or the engine's own reason);
 the engine and every served model are untouched by a refusal.
 """

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.deps import CallDep, ContextDep, ModelDep
 from service.api.render.chat import CompletionShape, respond
-from service.api.schemas.chat import CompletionRequest
+from service.api.schemas.completions import CompletionRequest
 from service.pipeline.start import start_completion
 
 router = APIRouter(tags=["completions"])

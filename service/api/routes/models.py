@@ -1,5 +1,5 @@
 """GET /v1/models and GET /v1/models/{id}: the base model and each adapter (adapters name their parent); one
-model's card adds its lineage, the training manifest chain it was made from (`service/lineage.py`)."""
+model's card adds its lineage, the training manifest chain it was made from (`adapters/lineage.py`)."""
 
 from __future__ import annotations
 

@@ -25,14 +25,8 @@ from pydantic import (
     model_validator,
 )
 
-from service.api.schemas.chat import (
-    INT32_MAX,
-    ChatCompletionRequest,
-    FunctionDefinition,
-    FunctionName,
-    json_object_string,
-    refuse_unusable,
-)
+from service.api.schemas.chat import ChatCompletionRequest, FunctionDefinition, FunctionName, json_object_string
+from service.api.schemas.sampling import INT32_MAX, refuse_unusable
 from service.errors import InvalidRequest
 
 STATELESS = "this server keeps no state between requests; send the whole conversation in input"

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 
+import openai
 import pytest
 from transformers import AutoTokenizer
 
 from tests.fixtures.adapters import ALPACA_JA_TEMPLATE
-from tests.service.conftest import BASE
+from tests.service.conftest import API_KEY, BASE
 
 pytestmark = pytest.mark.engine  # the real vLLM engine, in a server process
 
@@ -59,14 +60,17 @@ def test_adapters_change_output(client):
     assert len(set(outputs.values())) == 3, outputs
 
 
-def test_mixed_batches_match_solo_outputs_token_for_token(async_client):
+def test_mixed_batches_match_solo_outputs_token_for_token(server):
     async def run() -> tuple[dict, list]:
-        solo = {}
-        for model in (BASE, "ada", "ja"):
-            for question in QUESTIONS:
-                solo[model, question] = await chat(async_client, model, question)
-        jobs = [(model, q) for _ in range(3) for q in QUESTIONS for model in (BASE, "ada", "ja")]
-        mixed = await asyncio.gather(*(chat(async_client, m, q) for m, q in jobs))
+        # Made and closed inside this loop: a client left to the garbage collector closes its connections
+        # on a loop that has ended, failing whichever test is running then.
+        async with openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0) as client:
+            solo = {}
+            for model in (BASE, "ada", "ja"):
+                for question in QUESTIONS:
+                    solo[model, question] = await chat(client, model, question)
+            jobs = [(model, q) for _ in range(3) for q in QUESTIONS for model in (BASE, "ada", "ja")]
+            mixed = await asyncio.gather(*(chat(client, m, q) for m, q in jobs))
         return solo, list(zip(jobs, mixed, strict=True))
 
     solo, mixed = asyncio.run(run())
