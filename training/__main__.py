@@ -12,18 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from training.data.templates import TEMPLATE_NAMES
+from training.cli_flags import add_flags, flags_of, settings_from
 from training.errors import TrainingError
 
 
 def add_sft_arguments(p: argparse.ArgumentParser) -> None:
     """`--config` plus one flag per entry of `training.config.CLI_FLAGS`, generated from the config model."""
-    from training.config import add_config_flags
+    from training.config import sft_flags
 
-    p.add_argument("--config", type=Path, help="YAML config; flags given here override it")
-    add_config_flags(p)
+    add_flags(p, sft_flags())
     p.set_defaults(handler=run_sft_command)
 
 
@@ -37,57 +35,56 @@ def run_sft_command(args: argparse.Namespace) -> None:
 
 
 def add_merge_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True)
-    p.add_argument("--adapter", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    from training.export.merge import MergeSettings
+
+    add_flags(p, flags_of(MergeSettings))
     p.set_defaults(handler=run_merge_command)
 
 
 def run_merge_command(args: argparse.Namespace) -> None:
-    from training.export.merge import merge_adapter
+    from training.export.merge import MergeSettings, merge_adapter
 
-    print(f"merged model written to {merge_adapter(args.base, args.adapter, args.out, args.dtype)}")
+    settings = settings_from(MergeSettings, args)
+    path = merge_adapter(settings.base, settings.adapter, settings.out, settings.dtype)
+    print(f"merged model written to {path}")
 
 
 def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--method", choices=["awq", "gptq"], default="awq")
-    p.add_argument("--data", required=True, type=Path, help="training data: calibration samples come from it")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--template", choices=TEMPLATE_NAMES, help="default: the model's own chat template")
-    p.add_argument("--num-samples", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--group-size", type=int, help="default: largest of 128/64/32 dividing every layer")
+    from training.export.quantize import QuantizeSettings
+
+    add_flags(p, flags_of(QuantizeSettings))
     p.set_defaults(handler=run_quantize_command)
 
 
 def run_quantize_command(args: argparse.Namespace) -> None:
-    from training.export.quantize import quantize_from_args
+    from training.export.quantize import QuantizeSettings, quantize_from_settings
 
-    print(f"quantized model written to {quantize_from_args(args)}")
+    print(f"quantized model written to {quantize_from_settings(settings_from(QuantizeSettings, args))}")
 
 
 def add_memory_arguments(p: argparse.ArgumentParser) -> None:
-    from training.memory import add_memory_arguments as add
+    from training.memory import MemorySettings, run_memory_command
 
-    add(p)
+    add_flags(p, flags_of(MemorySettings))
+    p.set_defaults(handler=run_memory_command)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    from training.demos.japanese_qa import add_demo_arguments as add
+    from training.demos.japanese_qa import JapaneseQaSettings, run_demo_command
 
-    add(p)
+    add_flags(p, flags_of(JapaneseQaSettings))
+    p.set_defaults(handler=run_demo_command)
+
+
+def add_tool_demo_arguments(p: argparse.ArgumentParser) -> None:
+    from training.demos.tool_calling import ToolCallingSettings, run_tool_demo_command
+
+    add_flags(p, flags_of(ToolCallingSettings))
+    p.set_defaults(handler=run_tool_demo_command)
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     from training.evaluation.cli import add_eval_arguments as add
-
-    add(p)
-
-
-def add_tool_demo_arguments(p: argparse.ArgumentParser) -> None:
-    from training.demos.tool_calling import add_tool_demo_arguments as add
 
     add(p)
 

@@ -2,7 +2,8 @@
 
 The YAML layout mirrors the model: top-level run fields plus `lora:`, `data:` and `optim:` sections. Every field
 is declared once, here, with its type, default, range and help text; `python -m training sft` derives its flags
-from these fields through `CLI_FLAGS`, so a flag cannot disagree with the key it sets.
+from these fields through `CLI_FLAGS` (`sft_flags`, added by `training.cli_flags.add_flags` as every command's
+flags are), so a flag cannot disagree with the key it sets.
 
 Values are checked when loaded, and every problem becomes one line naming the dotted key
 (`config 'optim.lr': Input should be greater than 0, got -1.0`), raised as `ConfigError`. Unknown keys are errors
@@ -30,6 +31,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from training.cli_flags import Flag
 from training.data.templates import TEMPLATE_NAMES
 from training.errors import ConfigError
 from training.licences import IntendedUse
@@ -38,11 +40,11 @@ __all__ = [
     "CLI_FLAGS",
     "ConfigError",
     "SFTConfig",
-    "add_config_flags",
     "config_field",
     "describe",
     "load_config",
     "overrides_from_flags",
+    "sft_flags",
 ]
 
 
@@ -288,21 +290,24 @@ def config_field(dotted: str) -> FieldInfo:
     return model.model_fields[leaf]
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per `CLI_FLAGS` entry, its type, choices and help taken from the field. The default is SUPPRESS:
-    a flag not given sets nothing, so the YAML file's value (or the model's default) stands."""
-    exclusive = parser.add_mutually_exclusive_group()
+def sft_flags() -> list[Flag]:
+    """`--config`, then one flag per `CLI_FLAGS` entry, its type, choices and help taken from the field. The
+    default is SUPPRESS: a flag not given sets nothing, so the YAML file's value (or the model's default) stands."""
+    flags = [Flag("--config", "config", "YAML config; flags given here override it", kind={"type": Path})]
     for flag, dotted in CLI_FLAGS.items():
         field = config_field(dotted)
         default = "required" if field.default is PydanticUndefined else f"default: {field.default}"
-        target = exclusive if flag in EXCLUSIVE_FLAGS else parser
-        target.add_argument(
-            flag,
-            dest=dotted,
-            default=argparse.SUPPRESS,
-            help=f"{field.description} ({default}; config key {dotted})".replace("%", "%%"),
-            **_argument_kind(field.annotation, flag.lstrip("-").upper().replace("-", "_")),
+        flags.append(
+            Flag(
+                flag,
+                dotted,
+                help=f"{field.description} ({default}; config key {dotted})".replace("%", "%%"),
+                default=argparse.SUPPRESS,
+                kind=_argument_kind(field.annotation, flag.lstrip("-").upper().replace("-", "_")),
+                exclusive="run length" if flag in EXCLUSIVE_FLAGS else None,
+            )
         )
+    return flags
 
 
 def _argument_kind(annotation: Any, metavar: str) -> dict[str, Any]:

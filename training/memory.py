@@ -40,16 +40,35 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
+from training.cli_flags import command_settings, setting
 from training.errors import ConfigError, ModelError
 
 GIB = 2**30
 SERVE_DTYPES = ("fp32", "bf16", "fp16", "int8", "int4")
 TRAIN_DTYPES = ("bf16", "fp16", "fp32")
 MODES = ("serve", "full", "lora", "qlora")
+DTYPES = tuple(sorted(set(SERVE_DTYPES) | set(TRAIN_DTYPES)))  # --dtype: the mode decides which apply
 SERVE_OVERHEAD = 1 * GIB
 GPU_MEMORY_UTILIZATION = 0.9
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@command_settings
+class MemorySettings:
+    """`python -m training memory`: its flags, and their defaults."""
+
+    model: str = setting(help="model directory with config.json, or a known name")
+    mode: Literal[MODES] = setting()
+    batch_size: int = setting(1, "training batch, or serving concurrency")
+    seq_len: int = setting(2048)
+    lora_r: int = setting(16)
+    grad_checkpointing: bool = setting(True)
+    checkpoint_fraction: float | None = setting(None, "checkpoint only this share of the layers (0-1)")
+    dtype: Literal[DTYPES] | None = setting(None)
+    gpu_gib: float = setting(80.0)
+    json: bool = setting(False)
 
 
 @dataclass(frozen=True)
@@ -245,8 +264,10 @@ def plan_training(shape: ModelShape, name: str, mode: str, dtype: str, batch: in
     )  # fmt: skip
 
 
-def plan(model: str, mode: str, dtype: str | None = None, batch: int = 1, seq_len: int = 2048, lora_r: int = 16,
-         checkpointing: bool | float = True, gpu_gib: float = 80.0) -> MemoryPlan:  # fmt: skip
+def plan(model: str, mode: str, dtype: str | None = None, batch: int = MemorySettings.batch_size,
+         seq_len: int = MemorySettings.seq_len, lora_r: int = MemorySettings.lora_r,
+         checkpointing: bool | float = MemorySettings.grad_checkpointing,
+         gpu_gib: float = MemorySettings.gpu_gib) -> MemoryPlan:  # fmt: skip
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
     shape = load_shape(model)
@@ -273,20 +294,6 @@ def format_table(result: MemoryPlan) -> str:
         rows.append(("max_model_len at batch size", str(result.max_model_len_at_batch_size)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def add_memory_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory with config.json, or a known name")
-    p.add_argument("--mode", required=True, choices=MODES)
-    p.add_argument("--batch-size", type=int, default=1, help="training batch, or serving concurrency")
-    p.add_argument("--seq-len", type=int, default=2048)
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--checkpoint-fraction", type=float, help="checkpoint only this share of the layers (0-1)")
-    p.add_argument("--dtype", choices=sorted(set(SERVE_DTYPES) | set(TRAIN_DTYPES)))
-    p.add_argument("--gpu-gib", type=float, default=80.0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=run_memory_command)
 
 
 def run_memory_command(args: argparse.Namespace) -> None:

@@ -16,13 +16,14 @@ import pytest
 import yaml
 
 from training.__main__ import build_parser, main
+from training.cli_flags import add_flags
 from training.config import (
     CLI_FLAGS,
     ConfigError,
-    add_config_flags,
     config_field,
     load_config,
     overrides_from_flags,
+    sft_flags,
 )
 
 from .conftest import REPO
@@ -189,7 +190,7 @@ def test_shipped_kubernetes_sft_command_lines_are_valid():
 def test_each_flag_sets_an_existing_key_and_defaults_to_the_model():
     assert sorted(CLI_FLAGS) == sorted(FLAGS_BEFORE)
     parser = argparse.ArgumentParser()
-    add_config_flags(parser)
+    add_flags(parser, sft_flags())
     actions = {action.option_strings[0]: action for action in parser._actions if action.option_strings}
     for flag, dotted in CLI_FLAGS.items():
         field = config_field(dotted)  # KeyError for a key the model does not have

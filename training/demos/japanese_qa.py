@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training.cli_flags import command_settings, setting
 from training.config import load_config
 from training.errors import OutputExistsError
 
@@ -29,21 +30,26 @@ ADAPTER_NAME = "ja"
 REPORT_METRICS = ("exact_match", "char_f1")
 
 
-def add_shared_demo_arguments(p: argparse.ArgumentParser, config: Path, eval_file: Path, eval_help: str) -> None:
-    """The flags every before/after demo takes: its recipe and held-in set, base and output overrides, whether
-    to train again, and where to write the scores."""
-    p.add_argument("--config", type=Path, default=config)
-    p.add_argument("--base", help="override the config's base model")
-    p.add_argument("--out", help="override the config's output directory")
-    p.add_argument("--eval", type=Path, default=eval_file, help=eval_help)
-    p.add_argument("--retrain", action="store_true", help="train even if the output directory exists")
-    p.add_argument("--results", type=Path, help="write the scores as JSON here")
+@command_settings
+class DemoSettings:
+    """The flags every before/after demo takes: its recipe and held-in set (each demo sets its own), base and
+    output overrides, whether to train again, and where to write the scores."""
+
+    config: Path = setting()
+    base: str | None = setting(None, "override the config's base model")
+    out: str | None = setting(None, "override the config's output directory")
+    eval: Path = setting()
+    retrain: bool = setting(False, "train even if the output directory exists")
+    results: Path | None = setting(None, "write the scores as JSON here")
 
 
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    add_shared_demo_arguments(p, DEFAULT_CONFIG, DEFAULT_EVAL, "held-in question set")
-    p.add_argument("--max-steps", type=int)
-    p.set_defaults(handler=run_demo_command)
+@command_settings
+class JapaneseQaSettings(DemoSettings):
+    """`python -m training demo`: its flags, and their defaults."""
+
+    config: Path = setting(DEFAULT_CONFIG)
+    eval: Path = setting(DEFAULT_EVAL, "held-in question set")
+    max_steps: int | None = setting(None)
 
 
 def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = False) -> tuple[Score, Score]:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training.cli_flags import command_settings, setting
 from training.config import load_config
 from training.data.eval_sets import load_eval_definition
 from training.data.records import ChatRecord
-from training.demos.japanese_qa import add_shared_demo_arguments, cell, trained_adapter
+from training.demos.japanese_qa import DemoSettings, cell, trained_adapter
 from training.errors import DataError
 
 if TYPE_CHECKING:
@@ -134,10 +135,13 @@ def print_tool_table(requests: list[ToolRequest], before: ToolScore, after: Tool
     print(f"no call where none is needed: base {base_prose}/{prose}, fine-tuned {tuned_prose}/{prose}")
 
 
-def add_tool_demo_arguments(p: argparse.ArgumentParser) -> None:
-    add_shared_demo_arguments(p, DEFAULT_CONFIG, DEFAULT_EVAL, "held-in request set")
-    p.add_argument("--epochs", type=float)
-    p.set_defaults(handler=run_tool_demo_command)
+@command_settings
+class ToolCallingSettings(DemoSettings):
+    """`python -m training tool-demo`: its flags, and their defaults."""
+
+    config: Path = setting(DEFAULT_CONFIG)
+    eval: Path = setting(DEFAULT_EVAL, "held-in request set")
+    epochs: float | None = setting(None)
 
 
 def run_tool_demo_command(args: argparse.Namespace) -> None:

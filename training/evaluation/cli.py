@@ -16,11 +16,14 @@ import argparse
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
+from training.cli_flags import add_flags, command_settings, flags_of, setting
 from training.evaluation.atomic_files import write_atomically
+from training.evaluation.judge.grading import ANSWER_MAX_TOKENS, JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE
 from training.evaluation.runner.client import Runner
 from training.evaluation.runner.endpoint import api_key_for
-from training.evaluation.runner.flags import add_endpoint_arguments, runner_from_args
+from training.evaluation.runner.flags import EndpointSettings, runner_from_args
 from training.evaluation.score_pairs import add_score_arguments
 
 
@@ -30,52 +33,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     add_score_arguments(commands.add_parser("score", help="score a JSONL file of prediction/reference pairs"))
     add_run_arguments(commands.add_parser("run", help="ask served models llm-jp-eval tasks, report with CIs"))
     add_judge_arguments(commands.add_parser("judge", help="open questions graded by a judge model"))
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """What `run` and `judge` share: the models under test, the output folder, the endpoint and runner flags."""
-    p.add_argument(
-        "--model",
-        dest="models",
-        action="append",
-        required=True,
-        metavar="NAME[@URL]",
-        help="a served model to evaluate (repeat to compare; NAME@URL for another endpoint's model)",
-    )
-    p.add_argument("--out", type=Path, required=True, help="folder for the report, predictions and cache")
-    add_endpoint_arguments(p)
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tasks",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="task files (llm-jp-eval .json, or our .jsonl) or folders of them (e.g. llm-jp-eval's evaluation/test)",
-    )
-    add_model_arguments(p)
-    prompts = p.add_argument_group("prompts (defaults: llm-jp-eval v1.3.0's)")
-    prompts.add_argument("--mode", choices=["alpaca", "chat"], default="alpaca", help="completions or chat template")
-    prompts.add_argument("--num-few-shots", type=int, default=4)
-    prompts.add_argument("--max-samples", type=_samples, default=100, help="first N samples per task, or 'all'")
-    prompts.add_argument("--temperature", type=float, default=0.0)
-    p.set_defaults(handler=run_tasks_command)
-
-
-def add_judge_arguments(p: argparse.ArgumentParser) -> None:
-    from training.evaluation.judge.grading import ANSWER_MAX_TOKENS, JUDGE_MAX_TOKENS
-
-    p.add_argument("--questions", type=Path, required=True, help='JSONL: {"id", "category", "question", "reference"?}')
-    add_model_arguments(p)
-    judge = p.add_argument_group("judge")
-    judge.add_argument("--judge-model", required=True, help="the judge's model name on --judge-base-url")
-    judge.add_argument("--judge-base-url", help="the judge's API root (default: --base-url)")
-    judge.add_argument("--judge-api-key", help="the judge's key (default: as --api-key for that URL)")
-    judge.add_argument("--judge-temperature", type=float, default=0.0)
-    judge.add_argument("--answer-max-tokens", type=int, default=ANSWER_MAX_TOKENS)
-    judge.add_argument("--judge-max-tokens", type=int, default=JUDGE_MAX_TOKENS)
-    p.set_defaults(handler=run_judge_command)
 
 
 def _samples(text: str) -> int | None:
@@ -88,6 +45,71 @@ def _samples(text: str) -> int | None:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+@command_settings
+class ModelTargets:
+    """What `run` and `judge` share besides the endpoint: the models under test and the output folder."""
+
+    models: list[str] = setting(
+        help="a served model to evaluate (repeat to compare; NAME@URL for another endpoint's model)",
+        flag="--model",
+        action="append",
+        metavar="NAME[@URL]",
+    )
+    out: Path = setting(help="folder for the report, predictions and cache")
+
+
+@command_settings
+class TaskFiles:
+    """`eval run`: what to ask."""
+
+    tasks: list[Path] = setting(
+        help="task files (llm-jp-eval .json, or our .jsonl) or folders of them (e.g. llm-jp-eval's evaluation/test)"
+    )
+
+
+@command_settings
+class RunPrompts:
+    """`eval run`: how to ask; the defaults are llm-jp-eval v1.3.0's."""
+
+    mode: Literal["alpaca", "chat"] = setting("alpaca", "completions or chat template")
+    num_few_shots: int = setting(4)
+    max_samples: int | None = setting(100, "first N samples per task, or 'all'", type=_samples)
+    temperature: float = setting(0.0)
+
+
+@command_settings
+class QuestionFile:
+    """`eval judge`: the open questions."""
+
+    questions: Path = setting(help='JSONL: {"id", "category", "question", "reference"?}')
+
+
+@command_settings
+class JudgeSettings:
+    """`eval judge`: the judge model and the answer and judgement lengths."""
+
+    judge_model: str = setting(help="the judge's model name on --judge-base-url")
+    judge_base_url: str | None = setting(None, "the judge's API root (default: --base-url)")
+    judge_api_key: str | None = setting(None, "the judge's key (default: as --api-key for that URL)")
+    judge_temperature: float = setting(JUDGE_TEMPERATURE)
+    answer_max_tokens: int = setting(ANSWER_MAX_TOKENS)
+    judge_max_tokens: int = setting(JUDGE_MAX_TOKENS)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    shared = [*flags_of(ModelTargets), *flags_of(EndpointSettings, group="endpoint")]
+    add_flags(
+        p, [*flags_of(TaskFiles), *shared, *flags_of(RunPrompts, group="prompts (defaults: llm-jp-eval v1.3.0's)")]
+    )
+    p.set_defaults(handler=run_tasks_command)
+
+
+def add_judge_arguments(p: argparse.ArgumentParser) -> None:
+    shared = [*flags_of(ModelTargets), *flags_of(EndpointSettings, group="endpoint")]
+    add_flags(p, [*flags_of(QuestionFile), *shared, *flags_of(JudgeSettings, group="judge")])
+    p.set_defaults(handler=run_judge_command)
 
 
 def run_tasks_command(args: argparse.Namespace) -> None:

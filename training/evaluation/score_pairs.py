@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.cli_flags import add_flags, command_settings, flags_of, setting
 from training.data.records import jsonl_values
 from training.errors import ConfigError, DataError
 from training.evaluation.atomic_files import write_atomically
@@ -148,20 +149,22 @@ def metric_list(text: str) -> list[str]:
     return names
 
 
+@command_settings
+class ScoreSettings:
+    """`python -m training eval score`: its flags."""
+
+    metrics: list[str] = setting(help=f"comma-separated, from: {', '.join(METRICS)}", type=metric_list)
+    in_path: Path = setting(
+        help='one {"prediction": raw model output, "reference": expected answer} per line',
+        flag="--in",
+        metavar="PAIRS.jsonl",
+    )
+    out_path: Path = setting(help="per-item scores (JSONL)", flag="--out", metavar="SCORES.jsonl")
+
+
 def add_score_arguments(p: argparse.ArgumentParser) -> None:
     """`--metrics`, `--in`, `--out` of `python -m training eval score`; the handler is `run_score_command`."""
-    p.add_argument("--metrics", required=True, type=metric_list, help=f"comma-separated, from: {', '.join(METRICS)}")
-    p.add_argument(
-        "--in",
-        dest="in_path",
-        required=True,
-        type=Path,
-        metavar="PAIRS.jsonl",
-        help='one {"prediction": raw model output, "reference": expected answer} per line',
-    )
-    p.add_argument(
-        "--out", dest="out_path", required=True, type=Path, metavar="SCORES.jsonl", help="per-item scores (JSONL)"
-    )
+    add_flags(p, flags_of(ScoreSettings))
     p.set_defaults(handler=run_score_command)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
+from training.cli_flags import command_settings, setting
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.manifest import derived_manifest, write_manifest
 from tsumugi.model_identity import model_identity
@@ -17,7 +19,17 @@ from tsumugi.model_identity import model_identity
 MERGE_DTYPES = ("bf16", "fp16", "fp32")
 
 
-def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = "bf16") -> Path:
+@command_settings
+class MergeSettings:
+    """`python -m training merge`: its flags, and their defaults."""
+
+    base: str = setting()
+    adapter: Path = setting()
+    out: Path = setting()
+    dtype: Literal[MERGE_DTYPES] = setting("bf16")
+
+
+def merge_adapter(base: str, adapter: Path, out: Path, dtype: str = MergeSettings.dtype) -> Path:
     """Checks the arguments before torch and peft load, so a mistake is reported in a second."""
     if dtype not in MERGE_DTYPES:
         raise ConfigError(f"--dtype must be one of {MERGE_DTYPES}, got {dtype!r}")

@@ -15,9 +15,12 @@ import random
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
+from training.cli_flags import command_settings, setting
 from training.data.examples import render
 from training.data.records import load_records
+from training.data.templates import TEMPLATE_NAMES
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.manifest import derived_manifest, write_manifest
 from training.memory import shape_from_config
@@ -25,6 +28,20 @@ from tsumugi.model_identity import file_sha256
 
 GROUP_SIZES = (128, 64, 32)
 METHODS = ("awq", "gptq")
+
+
+@command_settings
+class QuantizeSettings:
+    """`python -m training quantize`: its flags, and their defaults."""
+
+    model: Path = setting()
+    method: Literal[METHODS] = setting("awq")
+    data: Path = setting(help="training data: calibration samples come from it")
+    out: Path = setting()
+    template: Literal[TEMPLATE_NAMES] | None = setting(None, "default: the model's own chat template")
+    num_samples: int = setting(64)
+    max_length: int = setting(256)
+    group_size: int | None = setting(None, "default: largest of 128/64/32 dividing every layer")
 
 
 def choose_group_size(in_features: list[int]) -> int:
@@ -102,11 +119,11 @@ def quantize_model(
     model_dir: Path,
     data: Path,
     out: Path,
-    method: str = "awq",
+    method: str = QuantizeSettings.method,
     template: str = "chat",
-    num_samples: int = 64,
-    max_length: int = 256,
-    group_size: int | None = None,
+    num_samples: int = QuantizeSettings.num_samples,
+    max_length: int = QuantizeSettings.max_length,
+    group_size: int | None = QuantizeSettings.group_size,
 ) -> Path:
     out = Path(out)
     if out.exists():
@@ -142,14 +159,14 @@ def quantize_model(
     return out
 
 
-def quantize_from_args(args) -> Path:
+def quantize_from_settings(settings: QuantizeSettings) -> Path:
     return quantize_model(
-        model_dir=args.model,
-        data=args.data,
-        out=args.out,
-        method=args.method,
-        template=args.template or "chat",
-        num_samples=args.num_samples,
-        max_length=args.max_length,
-        group_size=args.group_size,
+        model_dir=settings.model,
+        data=settings.data,
+        out=settings.out,
+        method=settings.method,
+        template=settings.template or "chat",
+        num_samples=settings.num_samples,
+        max_length=settings.max_length,
+        group_size=settings.group_size,
     )
