@@ -240,7 +240,8 @@ def test_a_start_up_adapter_the_engine_refuses_stops_the_start(tiny_model: Path,
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 2, run.stderr[-2000:]
     assert "adapter 'b': The engine could not load the adapter" in run.stderr
-    assert "Traceback" not in run.stderr
+    # one line, no traceback of ours (vLLM's AsyncLLM.__del__ may still print one at interpreter exit)
+    assert not [block for block in run.stderr.split("Traceback (most recent call last)")[1:] if "/service/" in block]
 
 
 def test_a_watched_directory_is_served_by_its_name(live, server):
