@@ -1,6 +1,6 @@
 """Start a server as a subprocess, wait until it answers, stop it: one implementation for every caller.
 
-Tests, `training.evaluate`, `bench.serving` and the deploy scrape test all run real servers (ours, vLLM's own
+Tests, `training.demos.held_in`, `bench.serving` and the deploy scrape test all run real servers (ours, vLLM's own
 OpenAI server, Prometheus) on free loopback ports. They need the same things: the log in a file, readiness
 polled over HTTP with the log tail in the error when the process dies or never becomes ready, and a stop that
 cannot hang. Standard library only, in the shared `tsumugi` package rather than in `service/` or

@@ -14,7 +14,7 @@ conversation into plain system/user/assistant turns that any template renders, i
   merged into one turn so that templates that insist on alternating roles accept it.
 
 The service renders requests with it (`service/prompts.py`) and the training module renders tool-calling
-records with it (`training/templates.py`), so an adapter is prompted exactly as it was trained. Standard library
+records with it (`training/data/templates.py`), so an adapter is prompted exactly as it was trained. Standard library
 only, in the shared `tsumugi` package: the serving and training virtualenvs both import it, and the two
 packages never import each other.
 """
