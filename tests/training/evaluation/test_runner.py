@@ -21,9 +21,10 @@ import pytest
 
 from training.errors import ConfigError, TrainingError
 from training.evaluation.runner.cache import CACHE_FILE
-from training.evaluation.runner.client import Runner, retry_after_seconds
+from training.evaluation.runner.client import Runner
 from training.evaluation.runner.endpoint import Endpoint, EndpointError
 from training.evaluation.runner.flags import add_endpoint_arguments, endpoint_from_args, runner_from_args
+from training.evaluation.runner.responses import retry_after_seconds
 
 REPO = Path(__file__).resolve().parents[3]
 SERVED_MODELS = ("m", "m2")
