@@ -56,7 +56,16 @@ train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 # model: the vLLM engine in a server process, or a training run) and `slow` (the SmolLM2 demos, minutes each).
 # `make test-fast` runs the in-process tier alone (under a minute); one tier of one suite, for example:
 # `make test-serve PYTEST_ARGS='-m engine'`.
-test: lint test-serve test-train test-deploy
+test: environments
+	$(MAKE) lint test-serve test-train test-deploy
+
+# Every environment the tests use, built side by side (pip waits on the network, not the CPU): minutes off a
+# fresh clone's `make test`.
+.PHONY: environments
+environments:
+	$(MAKE) -j4 .venv-serve/.installed .venv-train/.installed .venv-clients/.installed .venv-tools/.installed \
+	  .venv-loadtest/.installed prometheus-installed
+	$(MAKE) $(DEFAULT_MODEL)/config.json
 
 FAST_TIER := -m "not engine and not slow"
 test-fast: .venv-serve/.installed .venv-train/.installed
