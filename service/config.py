@@ -18,6 +18,7 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import StartupError
+from tsumugi.cli_flags import Flag, add_flags
 from tsumugi.default_model import DEFAULT_MODEL
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32 config/lora.py: max_lora_rank's choices
@@ -201,25 +202,32 @@ class Settings(BaseSettings):
 
 # Flags whose command-line form differs from the field: a repeatable --api-key, several NAME=PATH at once.
 _FLAG_FORMS: dict[str, dict] = {
-    "api_keys": {"flags": ["--api-key"], "action": "append", "help": "an API key (repeatable)"},
-    "admin_api_keys": {"flags": ["--admin-api-key"], "action": "append", "help": "an admin API key (repeatable)"},
+    "api_keys": {"flag": "--api-key", "action": "append", "help": "an API key (repeatable)"},
+    "admin_api_keys": {"flag": "--admin-api-key", "action": "append", "help": "an admin API key (repeatable)"},
     "lora_modules": {"nargs": "+", "metavar": "NAME=PATH"},
 }
 
 
-def cli_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per `Settings` field (`max_model_len` is `--max-model-len`); values stay strings and
-    pydantic converts and checks them, so the field is the only declaration of a setting."""
+def settings_flags() -> list[Flag]:
+    """One flag per `Settings` field (`max_model_len` is `--max-model-len`); values stay strings and pydantic
+    converts and checks them, so the field is the only declaration of a setting. A flag not given sets nothing
+    (SUPPRESS), so the environment's value, or the field's default, stands."""
+    flags = []
     for name, field in Settings.model_fields.items():
-        form = dict(_FLAG_FORMS.get(name, {}))
-        flags = form.pop("flags", ["--" + name.replace("_", "-")])
+        kind = dict(_FLAG_FORMS.get(name, {}))
+        option = kind.pop("flag", "--" + name.replace("_", "-"))
+        description = kind.pop("help", field.description)
         if field.annotation is bool:
-            form.setdefault("action", "store_true")
-        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
-        if choices:
-            form["choices"] = list(choices)
-        form.setdefault("help", field.description)
-        parser.add_argument(*flags, dest=name, **form)
+            kind.setdefault("action", "store_true")
+        if get_origin(field.annotation) is Literal:
+            kind["choices"] = list(get_args(field.annotation))
+        flags.append(Flag(option, name, description, default=argparse.SUPPRESS, kind=kind))
+    return flags
+
+
+def cli_flags(parser: argparse.ArgumentParser) -> None:
+    """`python -m service`'s flags, through the project's one flag generator."""
+    add_flags(parser, settings_flags())
 
 
 @lru_cache

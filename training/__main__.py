@@ -13,8 +13,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from training.cli_flags import add_flags, flags_of, settings_from
 from training.errors import TrainingError
+from tsumugi.cli_flags import add_flags, flags_of, settings_from
 
 
 def add_sft_arguments(p: argparse.ArgumentParser) -> None:

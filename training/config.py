@@ -2,7 +2,7 @@
 
 The YAML layout mirrors the model: top-level run fields plus `lora:`, `data:` and `optim:` sections. Every field
 is declared once, here, with its type, default, range and help text; `python -m training sft` derives its flags
-from these fields through `CLI_FLAGS` (`sft_flags`, added by `training.cli_flags.add_flags` as every command's
+from these fields through `CLI_FLAGS` (`sft_flags`, added by `tsumugi.cli_flags.add_flags` as every command's
 flags are), so a flag cannot disagree with the key it sets.
 
 Values are checked when loaded, and every problem becomes one line naming the dotted key
@@ -31,10 +31,10 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from training.cli_flags import Flag
 from training.data.templates import TEMPLATE_NAMES
 from training.errors import ConfigError
 from training.licences import IntendedUse
+from tsumugi.cli_flags import Flag
 
 __all__ = [
     "CLI_FLAGS",

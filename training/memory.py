@@ -42,8 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from training.cli_flags import command_settings, setting
 from training.errors import ConfigError, ModelError
+from tsumugi.cli_flags import command_settings, setting
 
 GIB = 2**30
 SERVE_DTYPES = ("fp32", "bf16", "fp16", "int8", "int4")

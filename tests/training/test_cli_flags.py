@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from training.__main__ import COMMANDS, build_parser
-from training.cli_flags import settings_from
 from training.export.merge import MergeSettings
+from tsumugi.cli_flags import settings_from
 
 from .conftest import REPO
 

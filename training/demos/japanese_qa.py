@@ -16,9 +16,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.cli_flags import command_settings, setting
 from training.config import load_config
 from training.errors import OutputExistsError
+from tsumugi.cli_flags import command_settings, setting
 
 if TYPE_CHECKING:
     from training.config import SFTConfig

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.cli_flags import command_settings, setting
 from training.config import load_config
 from training.data.eval_sets import load_eval_definition
 from training.data.records import ChatRecord
 from training.demos.japanese_qa import DemoSettings, cell, trained_adapter
 from training.errors import DataError
+from tsumugi.cli_flags import command_settings, setting
 
 if TYPE_CHECKING:
     from training.demos.held_in import EvaluationServer

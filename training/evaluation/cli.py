@@ -18,13 +18,13 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from training.cli_flags import add_flags, command_settings, flags_of, setting
 from training.evaluation.atomic_files import write_atomically
 from training.evaluation.judge.grading import ANSWER_MAX_TOKENS, JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE
 from training.evaluation.runner.client import Runner
 from training.evaluation.runner.endpoint import api_key_for
 from training.evaluation.runner.flags import EndpointSettings, runner_from_args
 from training.evaluation.score_pairs import add_score_arguments
+from tsumugi.cli_flags import add_flags, command_settings, flags_of, setting
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:

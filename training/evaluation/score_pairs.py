@@ -19,11 +19,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.cli_flags import add_flags, command_settings, flags_of, setting
 from training.data.records import jsonl_values
 from training.errors import ConfigError, DataError
 from training.evaluation.atomic_files import write_atomically
 from training.evaluation.metrics import METRICS, Metric, UnscorableReference, answer_of, metric_named, reference_of
+from tsumugi.cli_flags import add_flags, command_settings, flags_of, setting
 
 FIELDS = ("prediction", "reference")
 

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from training.cli_flags import command_settings, setting
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.manifest import derived_manifest, write_manifest
+from tsumugi.cli_flags import command_settings, setting
 from tsumugi.model_identity import model_identity
 
 MERGE_DTYPES = ("bf16", "fp16", "fp32")

@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from training.cli_flags import command_settings, setting
 from training.data.examples import render
 from training.data.records import load_records
 from training.data.templates import TEMPLATE_NAMES
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.manifest import derived_manifest, write_manifest
 from training.memory import shape_from_config
+from tsumugi.cli_flags import command_settings, setting
 from tsumugi.model_identity import file_sha256
 
 GROUP_SIZES = (128, 64, 32)

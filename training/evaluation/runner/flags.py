@@ -9,10 +9,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from training.cli_flags import add_flags, command_settings, flags_of, setting
 from training.evaluation.runner.cache import CACHE_FILE
 from training.evaluation.runner.client import Runner
 from training.evaluation.runner.endpoint import API_KEY_ENV, DEFAULT_BASE_URL, OPENAI_HOST, Endpoint, api_key_for
+from tsumugi.cli_flags import add_flags, command_settings, flags_of, setting
 
 
 def _positive_int(text: str) -> int:

@@ -1,11 +1,12 @@
-"""Command-line flags declared once, as typed data, and the one function that turns them into argparse arguments.
+"""Command-line flags declared once, as typed data, and the one function that turns them into argparse arguments:
+every CLI of the project (`python -m service`, `python -m training ...`) adds its flags through `add_flags`.
 
-A command's flags are the fields of a `@command_settings` class (a frozen dataclass). The field's type, default
-and `setting(...)` metadata say everything: `--name` from the field name, `type`, `choices` from a `Literal`,
-`nargs="+"` from a list, `store_true` or `--x/--no-x` from a bool. So a default is written in one place, and the
-handler can read the parsed values back as that class (`settings_from`). `sft` derives its `Flag`s from the
-pydantic config instead (`training.config.sft_flags`); both go through `add_flags`. Standard library only:
-`python -m training memory` declares its flags here and must stay instant.
+A training command's flags are the fields of a `@command_settings` class (a frozen dataclass). The field's type,
+default and `setting(...)` metadata say everything: `--name` from the field name, `type`, `choices` from a
+`Literal`, `nargs="+"` from a list, `store_true` or `--x/--no-x` from a bool. So a default is written in one
+place, and the handler can read the parsed values back as that class (`settings_from`). Pydantic settings derive
+their `Flag`s from their fields instead (`service.config.settings_flags`, `training.config.sft_flags`). Standard
+library only: `python -m training memory` declares its flags here and must stay instant.
 """
 
 from __future__ import annotations
