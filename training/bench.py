@@ -23,9 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from statistics import median
 
+from tsumugi.default_model import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "BENCHMARKS.md"
-BASE = REPO / "models" / "smollm2-135m-instruct"
+BASE = REPO / DEFAULT_MODEL
 DATA = REPO / "data" / "ja_sample.jsonl"
 RUNS = {  # name: (method, data.packing, gradient_checkpointing) for our recipe; None: the TRL baseline
     "trl-baseline": None,

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from training.licences import KNOWN_TERMS, LicenceError, assess, data_terms, model_terms
+from tsumugi.default_model import DEFAULT_MODEL
 
 from .conftest import REPO, SAMPLE
 
@@ -40,7 +41,7 @@ def test_every_table_entry_cites_its_source():
 def test_the_shipped_data_and_default_model_declare_their_terms():
     assert data_terms(str(SAMPLE)).licence == "CC0-1.0"
     assert data_terms(str(REPO / "data" / "tools_ja_en.jsonl")).licence == "Apache-2.0"
-    default_model = REPO / "models" / "smollm2-135m-instruct"
+    default_model = REPO / DEFAULT_MODEL
     if (default_model / "licence.yaml").is_file():  # written by service/default_model.py when it converts
         assert model_terms(str(default_model)).licence == "Apache-2.0"
 

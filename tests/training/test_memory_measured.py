@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from training.memory import GIB, plan
+from tsumugi.default_model import DEFAULT_MODEL
 
 from .conftest import REPO
 
-SMOLLM2 = REPO / "models" / "smollm2-135m-instruct"
+SMOLLM2 = REPO / DEFAULT_MODEL
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to measure")

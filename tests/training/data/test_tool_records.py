@@ -14,10 +14,11 @@ from transformers import AutoTokenizer
 from tests.training.conftest import REPO
 from training.data.examples import adapter_chat_template, render, tokenize_example
 from training.data.records import ChatRecord, DataError, load_records, parse_record, record_key
+from tsumugi.default_model import DEFAULT_MODEL
 from tsumugi.tool_prompt import conversation_for_template
 
 TOOLS_DATA = REPO / "data" / "tools_ja_en.jsonl"
-SMOLLM2 = REPO / "models" / "smollm2-135m-instruct"
+SMOLLM2 = REPO / DEFAULT_MODEL
 WEATHER = {
     "type": "function",
     "function": {

@@ -13,8 +13,9 @@ from tests.training.conftest import REPO
 from training.config import load_config
 from training.data.records import load_records, select_records
 from training.demos.japanese_qa import DEFAULT_CONFIG, DEFAULT_EVAL
+from tsumugi.default_model import DEFAULT_MODEL
 
-SMOLLM2 = REPO / "models" / "smollm2-135m-instruct"
+SMOLLM2 = REPO / DEFAULT_MODEL
 
 
 def test_demo_trains_on_exactly_the_questions_it_asks():

@@ -13,8 +13,9 @@ from tests.training.conftest import REPO
 from training.config import load_config
 from training.data.records import DataError, load_records
 from training.demos.tool_calling import DEFAULT_CONFIG, DEFAULT_EVAL, ToolRequest, load_tool_eval_set, score_tool_calls
+from tsumugi.default_model import DEFAULT_MODEL
 
-SMOLLM2 = REPO / "models" / "smollm2-135m-instruct"
+SMOLLM2 = REPO / DEFAULT_MODEL
 
 
 def test_eval_set_is_held_in_and_covers_every_tool():
