@@ -16,6 +16,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from tests.fixtures.tool_model import CASES, MARKER, build_tool_calling_model, prompt_ids, target_ids
 from tsumugi import tool_prompt
 
+pytestmark = pytest.mark.engine  # trains the tiny tool-calling model
+
 
 @pytest.fixture(scope="module")
 def model_dir(tool_model: Path) -> Path:

@@ -21,6 +21,8 @@ from training.sft import run_sft
 
 from .conftest import tiny_config
 
+pytestmark = pytest.mark.engine  # training runs and the real service
+
 ATTRIBUTION = "tiny sample, tsumugi tests (CC BY-NC-SA 4.0)"
 ACCEPTED_RISK = "test: the licence guard's override is recorded"
 

@@ -117,6 +117,7 @@ def test_a_bad_sidecar_names_the_file_and_the_key(tmp_path, text, expected):
     assert str(refused.value).startswith(f"{data}.licence.yaml: ")
 
 
+@pytest.mark.engine  # python -m training sft in a subprocess
 def test_the_cli_refuses_before_anything_is_written(tmp_path, ichikara, tiny_model):
     out = tmp_path / "adapter"
     command = [sys.executable, "-m", "training", "sft", "--base", str(tiny_model), "--data", str(ichikara),

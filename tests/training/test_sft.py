@@ -52,6 +52,7 @@ def test_lora_run_writes_a_complete_adapter_directory(tiny_model, tiny_eval, tmp
     assert (out / "chat_template.jinja").read_text(encoding="utf-8").count("### 指示:") == 1
 
 
+@pytest.mark.engine  # python -m training sft in a subprocess
 def test_bad_data_stops_before_anything_is_written(tiny_model, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": ""}\n')
@@ -87,6 +88,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> Non
         time.sleep(0.02)
 
 
+@pytest.mark.engine  # python -m training sft in a subprocess
 def test_kill_and_resume_matches_an_uninterrupted_run(tiny_model, tiny_eval, tmp_path):
     data = tiny_eval.with_name("train.jsonl")
     reference = tmp_path / "reference"

@@ -29,6 +29,7 @@ def test_demo_trains_on_exactly_the_questions_it_asks():
     ]
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_demo_before_and_after(tmp_path):
     if not (SMOLLM2 / "config.json").is_file():

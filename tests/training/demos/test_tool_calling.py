@@ -77,6 +77,7 @@ def test_a_reply_is_right_only_with_exactly_the_expected_call():
     assert score.replies[0] == 'get_weather({"city": "東京"})' and score.replies[6] == "晴れです。"
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_tool_demo_before_and_after(tmp_path):
     if not (SMOLLM2 / "config.json").is_file():

@@ -24,6 +24,8 @@ from tests.training.conftest import tiny_config
 from training.demos.held_in import EvaluationServer
 from training.sft import run_sft
 
+pytestmark = pytest.mark.engine  # the real service, asked over HTTP
+
 INSTRUCTION = "次の質問に答えてください。"
 REPO = Path(__file__).resolve().parents[3]
 
