@@ -56,23 +56,12 @@ train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 # model: the vLLM engine in a server process, or a training run) and `slow` (the SmolLM2 demos, minutes each).
 # `make test-fast` runs the in-process tier alone (under a minute); one tier of one suite, for example:
 # `make test-serve PYTEST_ARGS='-m engine'`.
-test: environments lint
-	$(MAKE) -j2 --output-sync=recurse serving-lane training-lane
+test: environments
+	$(MAKE) lint test-serve test-train test-deploy
 
-# The suites run in two lanes side by side: much of the serving suite waits (engines starting, requests in
-# flight, drains) while the training suite computes, so the two together take far less than one after the
-# other. Training runs at a lower CPU priority: its demos only need throughput, the serving tests time latency.
-# Each lane's output is printed whole when the lane ends.
-.PHONY: serving-lane training-lane
-serving-lane:
-	$(MAKE) test-serve
-	$(MAKE) test-deploy
-
-training-lane:
-	nice -n 10 $(MAKE) test-train
-
-# Every environment the tests use, built side by side (pip waits on the network, not the CPU): minutes off a
-# fresh clone's `make test`.
+# Every environment the tests use, built side by side (pip waits on the network as much as on the CPU); the
+# suites themselves run one after the other: side by side on 2 cores they took longer (torch's and vLLM's
+# threads oversubscribe the cores), measured in BENCHMARKS.md's test-suite section.
 .PHONY: environments
 environments:
 	$(MAKE) -j4 .venv-serve/.installed .venv-train/.installed .venv-clients/.installed .venv-tools/.installed \
