@@ -14,7 +14,8 @@ ignore_eos, 300 requests at concurrency 32. Three workloads, each with its own s
   streaming path: what reading tool calls costs each server;
 - `tiny-chat-lora`: tiny-chat's load sent to a LoRA adapter (`"model": "ada"`, rank 8 on q/v of every layer),
   both servers started with it (`--lora-modules ada=...`): what serving an adapter costs each server (ours
-  holds a lease per request and asks the engine whether the adapter is in memory, for the cold-load metrics).
+  holds a lease per request, and adapter requests share one question to the engine about which adapters it
+  holds in memory, for the cold-load metrics).
 
 Servers run one at a time (two at once skew each other on 2 cores), alternating for several rounds; vLLM's
 server here is bimodal (about half its runs have a ~2 s stall wave), so we compare per-round ratios and their
