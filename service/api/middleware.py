@@ -8,8 +8,9 @@ grows past the limit, so memory never holds more than the limit.
 
 Last: it settles the final status (499 when the client left before the response was complete, streamed or
 not), counts generation requests by status, and writes one JSON access-log line per `/v1` request (id, key
-name, model, status, tokens, timings; never prompts or keys). A bug of ours is answered with a 500 naming
-the request id and logged once with its traceback.
+name, model, status, tokens, timings; never prompts or keys), all from the call's outcome, read once here
+(`pipeline/call.py`). A bug of ours is answered with a 500 naming the request id and logged once with its
+traceback.
 
 Pure ASGI (no BaseHTTPMiddleware) so streamed bodies pass through untouched, and one middleware because its
 `send` wrapper runs once per SSE chunk.
