@@ -17,6 +17,7 @@ from types import FrameType
 import uvicorn
 from pydantic import ValidationError
 
+from service.access.tenants import KeyRing
 from service.app import create_app
 from service.config import Settings, cli_flags
 from service.errors import StartupError
@@ -59,6 +60,16 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def log_start(settings: Settings, keyring: KeyRing | None) -> None:
+    """What is served, how (HTTP or HTTPS, keys or none), and a flag from `vllm serve` that changes nothing."""
+    log = logging.getLogger("service")
+    mode = "without authentication (--no-auth)" if keyring is None else f"with {len(keyring.tenants)} API keys"
+    scheme = "https" if settings.ssl_certfile is not None else "http"
+    log.info("serving %s %s over %s", settings.model_name, mode, scheme)
+    if settings.enable_lora and not (settings.lora_modules or settings.adapter_dir):
+        log.warning("--enable-lora: no adapters to serve; pass --lora-modules or --adapter-dir")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**parse_args(sys.argv[1:] if argv is None else argv))
@@ -76,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:  # only the operator's mistakes: a bug of ours keeps its traceback, exit 1
         print(f"invalid configuration: {exc}", file=sys.stderr)  # noqa: T201
         return 2
-    keyring = app.state.context.keyring
-    mode = "without authentication (--no-auth)" if keyring is None else f"with {len(keyring.tenants)} API keys"
-    logging.getLogger("service").info("serving %s %s", settings.model_name, mode)
+    log_start(settings, app.state.context.keyring)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -86,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
         access_log=False,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
     )
     server = DrainingServer(config)
     server.run()

@@ -9,12 +9,14 @@ engine, never written back here.
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.errors import StartupError
@@ -24,17 +26,26 @@ from tsumugi.default_model import DEFAULT_MODEL
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32 config/lora.py: max_lora_rank's choices
 
 
-class LoRAModule(BaseModel, frozen=True):
-    """An adapter to serve: `NAME=PATH` on the command line."""
+class LoRAModule(BaseModel, frozen=True, extra="forbid"):
+    """An adapter to serve: `NAME=PATH`, or `vllm serve`'s JSON form `{"name": ..., "path": ...,
+    "base_model_name": ...}` (what KServe's LLMInferenceService and vLLM's docs write)."""
 
     name: str
     path: Path
+    base_model_name: str | None = None  # vLLM's parent for /v1/models; here it must name the served model
 
     @classmethod
     def parse(cls, spec: str) -> LoRAModule:
+        """`NAME=PATH` or a JSON object; told apart as vLLM does (a JSON object starts with a brace)."""
+        if spec.lstrip().startswith("{"):
+            try:
+                return cls.model_validate_json(spec)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"LoRA module {spec!r}: {problems}") from None
         name, sep, path = spec.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"LoRA module must be NAME=PATH, got {spec!r}")
+            raise ValueError(f"LoRA module must be NAME=PATH or a JSON object, got {spec!r}")
         return cls(name=name.strip(), path=Path(path.strip()))
 
 
@@ -59,6 +70,34 @@ def _split_csv(value: object) -> object:
     return value
 
 
+def _lora_module_specs(value: object) -> object:
+    """`TSUMUGI_LORA_MODULES`: `a=/x,b=/y`, one JSON object, or a JSON list of objects (JSON holds commas, so it
+    is never split); flags arrive as a list already, one spec per item."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"LoRA modules: not a JSON list ({exc})") from None
+        return [json.dumps(item) if isinstance(item, dict) else item for item in items]
+    return [text] if text.startswith("{") else _split_csv(text)
+
+
+def parse_json_object(value: object) -> object:
+    """A flag or variable holding a JSON object (`--kv-events-config '{"enable_kv_cache_events": true}'`)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"expected a JSON object, got {value!r} ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected a JSON object, got {value!r}")
+    return parsed
+
+
 class Settings(BaseSettings):
     """Everything the service is configured with; defaults suit a CPU box serving a small model.
 
@@ -75,7 +114,14 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: str | None = None
     max_model_len: int | None = Field(default=None, gt=0)
-    lora_modules: Annotated[list[LoRAModule], NoDecode] = Field(default=[], description="adapters as NAME=PATH")
+    lora_modules: Annotated[list[LoRAModule], NoDecode] = Field(
+        default=[], description='adapters as NAME=PATH or JSON {"name": ..., "path": ..., "base_model_name": ...}'
+    )
+    enable_lora: bool = Field(
+        default=False,
+        description="accepted from `vllm serve` command lines and changes nothing: LoRA is on whenever adapters "
+        "can be served (--lora-modules, --adapter-dir)",
+    )
     max_loras: int = Field(default=1, ge=1, description="adapters the engine runs at once (its LoRA slots)")
     max_lora_rank: int = Field(
         default=16, description=f"the highest adapter rank the engine accepts, one of {list(LORA_RANKS)}"
@@ -90,6 +136,11 @@ class Settings(BaseSettings):
     watch_adapter_dir: bool = Field(
         default=False,
         description="serve every complete subdirectory of --adapter-dir (with a tsumugi-ready marker) by its name",
+    )
+    resolve_adapters_on_request: bool = Field(
+        default=False,
+        description="a request naming an unknown adapter loads --adapter-dir/<name> when that directory exists "
+        "(vLLM's filesystem resolver); same checks as the admin API",
     )
     admin_api_keys: Annotated[list[str], NoDecode] = Field(
         default=[], description="keys for the admin API (/v1/adapters), separate from user keys"
@@ -128,7 +179,21 @@ class Settings(BaseSettings):
         description="refuse to serve a model or adapter without licence terms (its training manifest's licence "
         "record, or licence.yaml in its directory)",
     )
+    block_size: int | None = Field(default=None, gt=0, description="tokens per KV-cache block (default: platform's)")
+    kv_events_config: Annotated[dict | None, NoDecode, BeforeValidator(parse_json_object)] = Field(
+        default=None,
+        description='vLLM\'s KVEventsConfig as JSON, e.g. {"enable_kv_cache_events": true, "publisher": "zmq", '
+        '"endpoint": "tcp://*:5557"}: publish KV-cache block events for prefix-aware routers',
+    )
     tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    data_parallel_size: int = Field(default=1, ge=1)
+    nnodes: int = Field(default=1, ge=1, description="nodes one engine spans; this service runs on node 0")
+    node_rank: int = Field(default=0, ge=0, description="this node's rank: 0 (the leader) only")
+    master_addr: str | None = Field(default=None, description="multi-node: the leader's address (default: vLLM's)")
+    master_port: int | None = Field(
+        default=None, ge=1, le=65535, description="multi-node: the leader's port (default: vLLM's)"
+    )
     enforce_eager: bool = False
     seed: int = 0
     api_keys: Annotated[list[str], NoDecode] = Field(default=[], description="API keys (comma-separated in env)")
@@ -136,13 +201,15 @@ class Settings(BaseSettings):
     no_auth: bool = Field(default=False, description="serve without API keys (say so explicitly)")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    ssl_certfile: Path | None = Field(default=None, description="serve HTTPS with this certificate (PEM)")
+    ssl_keyfile: Path | None = Field(default=None, description="the certificate's private key (PEM)")
     drain_timeout: float = Field(default=30.0, ge=0, description="seconds running requests get after SIGTERM")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("lora_modules", mode="before")
     @classmethod
     def _parse_lora_modules(cls, value: object) -> object:
-        items = _split_csv(value)
+        items = _lora_module_specs(value)
         if isinstance(items, list):
             return [LoRAModule.parse(item) if isinstance(item, str) else item for item in items]
         return items
@@ -177,6 +244,54 @@ class Settings(BaseSettings):
             raise ValueError("--watch-adapter-dir watches --adapter-dir; pass both")
         return self
 
+    @field_validator("node_rank")
+    @classmethod
+    def _leader_only(cls, value: int) -> int:
+        """The service is the engine's leader; vLLM's other nodes run vLLM itself, headless (no API server)."""
+        if value > 0:
+            raise ValueError(
+                "the service runs on node 0 only; on the other nodes run `vllm serve MODEL --headless --nnodes N "
+                "--node-rank R --master-addr LEADER --master-port PORT` with the same engine flags"
+            )
+        return value
+
+    @field_validator("ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
+
+    @model_validator(mode="after")
+    def _certificate_loads(self) -> Settings:
+        """A certificate and key that TLS cannot use are refused here, in one line, not by uvicorn's traceback
+        once the server starts (a key file alone is refused; a certificate file may hold its key too)."""
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("--ssl-keyfile is the key of --ssl-certfile; pass both")
+        if self.ssl_certfile is not None:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(f"--ssl-certfile/--ssl-keyfile cannot serve TLS: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _resolver_needs_a_dir(self) -> Settings:
+        if self.resolve_adapters_on_request and self.adapter_dir is None:
+            raise ValueError("--resolve-adapters-on-request loads from --adapter-dir; pass both")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_parents_are_served(self) -> Settings:
+        """vLLM's JSON form may name the adapter's base model: it must be the one served (by name or path)."""
+        for module in self.lora_modules:
+            if module.base_model_name not in (None, self.model_name, self.model):
+                raise ValueError(
+                    f"adapter '{module.name}': base_model_name '{module.base_model_name}' is not the served model "
+                    f"('{self.model_name}')"
+                )
+        return self
+
     @model_validator(mode="after")
     def _parser_needs_auto(self) -> Settings:
         if self.tool_call_parser and not self.enable_auto_tool_choice:
@@ -204,7 +319,7 @@ class Settings(BaseSettings):
 _FLAG_FORMS: dict[str, dict] = {
     "api_keys": {"flag": "--api-key", "action": "append", "help": "an API key (repeatable)"},
     "admin_api_keys": {"flag": "--admin-api-key", "action": "append", "help": "an admin API key (repeatable)"},
-    "lora_modules": {"nargs": "+", "metavar": "NAME=PATH"},
+    "lora_modules": {"nargs": "+", "metavar": "NAME=PATH|JSON"},
 }
 
 

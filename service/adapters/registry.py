@@ -123,6 +123,10 @@ class ModelRegistry:
             )
         return cls(base, adapters)
 
+    def serves(self, name: str) -> bool:
+        """Whether `name` resolves (the base model or a served adapter)."""
+        return name in self._by_name
+
     def resolve(self, name: str) -> ServedModel:
         try:
             return self._by_name[name]

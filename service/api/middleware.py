@@ -41,6 +41,7 @@ _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 ADMIN_PREFIX = "/v1/adapters"  # the admin API: admin keys only (`--admin-api-key`), never user keys
+ADMIN_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")  # vLLM's names for the same (routes/adapters.py)
 
 
 class RequestMiddleware:
@@ -107,7 +108,7 @@ class RequestMiddleware:
             return None
         headers = dict(scope["headers"])
         authorization = headers.get(b"authorization", b"").decode("latin-1")
-        if scope["path"] == ADMIN_PREFIX or scope["path"].startswith(ADMIN_PREFIX + "/"):
+        if scope["path"] in (ADMIN_PREFIX, *ADMIN_PATHS) or scope["path"].startswith(ADMIN_PREFIX + "/"):
             refusal = self._admin_refusal(authorization, record)
             if refusal is not None:
                 return refusal

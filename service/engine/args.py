@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
+from vllm.config import KVEventsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
 
@@ -92,6 +94,24 @@ def build_engine_args(settings: Settings, num_adapters: int, use_null_adapter: b
     return args
 
 
+def kv_events_config(settings: Settings) -> KVEventsConfig | None:
+    """`--kv-events-config` as vLLM's own config (it publishes BlockStored/BlockRemoved events over ZMQ for
+    prefix-aware routers such as llm-d's); a key or value vLLM does not know is the operator's to fix."""
+    if settings.kv_events_config is None:
+        return None
+    try:
+        return KVEventsConfig(**settings.kv_events_config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+        raise StartupError(f"--kv-events-config: {problems}") from None
+
+
+def multi_node_args(settings: Settings) -> dict[str, object]:
+    """The leader's address and port only when given: unset, vLLM's own defaults stand."""
+    given = {"master_addr": settings.master_addr, "master_port": settings.master_port}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) -> AsyncEngineArgs:
     return AsyncEngineArgs(
         model=settings.model,
@@ -105,6 +125,13 @@ def _engine_args(settings: Settings, num_adapters: int, use_null_adapter: bool) 
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         tensor_parallel_size=settings.tensor_parallel_size,
+        pipeline_parallel_size=settings.pipeline_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
+        nnodes=settings.nnodes,
+        node_rank=settings.node_rank,
+        **multi_node_args(settings),
+        block_size=settings.block_size,
+        kv_events_config=kv_events_config(settings),
         enforce_eager=settings.enforce_eager,
         seed=settings.seed,
         enable_lora=num_adapters > 0 or runtime_adapters(settings),

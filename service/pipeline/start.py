@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.adapters.resolver import load_on_request
 from service.api.schemas.chat import ChatCompletionRequest
 from service.api.schemas.completions import CompletionRequest
 from service.context import AppContext, LoadedModel
@@ -47,6 +48,7 @@ async def start_chat(
     chat: ChatCompletionRequest, endpoint: str, context: AppContext, model: LoadedModel, call: Call
 ) -> ChatRun:
     """Chat messages (and tools) → a generation running in the engine, its first step already arrived."""
+    await load_on_request(context.adapters, context.settings, call.record.tenant, chat.model)
     served = call.record.resolve(model.registry, chat.model)
     tools = ToolCallPolicy.of(chat, model.tool_parsing)
     readers = tools.readers(chat.n)
@@ -64,6 +66,7 @@ async def start_completion(
     body: CompletionRequest, context: AppContext, model: LoadedModel, call: Call
 ) -> CompletionRun:
     """One prompt or a batch (text or token ids) → a generation running in the engine."""
+    await load_on_request(context.adapters, context.settings, call.record.tenant, body.model)
     served = call.record.resolve(model.registry, body.model)
     prompts = await encode_prompts(model.tokenizer, body.prompts(), model.vocab_size, model.max_prompt_chars)
     params = [generation_params(body, len(ids), model.max_model_len) for ids in prompts]
