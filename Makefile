@@ -65,7 +65,7 @@ test: environments
 .PHONY: environments
 environments:
 	$(MAKE) -j4 .venv-serve/.installed .venv-train/.installed .venv-clients/.installed .venv-tools/.installed \
-	  .venv-loadtest/.installed prometheus-installed
+	  .venv-loadtest/.installed .venv-router/.installed prometheus-installed
 	$(MAKE) $(DEFAULT_MODEL)/config.json
 
 FAST_TIER := -m "not engine and not slow"
@@ -81,13 +81,17 @@ format: .venv-serve/.installed
 	.venv-serve/bin/ruff check --fix .
 	.venv-serve/bin/ruff format .
 
-test-serve: .venv-serve/.installed .venv-clients/.installed $(DEFAULT_MODEL)/config.json
+test-serve: .venv-serve/.installed .venv-clients/.installed .venv-router/.installed $(DEFAULT_MODEL)/config.json
 	$(SERVE_PY) -m pytest tests/service $(PYTEST_ARGS)
 
 # LangChain, instructor and the OpenAI Agents SDK, which cannot live next to vLLM's pins (see
 # requirements/clients.txt); tests/service/test_clients.py runs them here as subprocesses against the service.
 .venv-clients/.installed: requirements/clients.txt
 	$(call fresh_venv,.venv-clients,requirements/clients.txt)
+
+# vllm-router (the vLLM project's Rust router); tests/service/test_router.py runs it in front of two replicas.
+.venv-router/.installed: requirements/router.txt
+	$(call fresh_venv,.venv-router,requirements/router.txt)
 
 test-train: .venv-train/.installed .venv-serve/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m pytest tests/training $(PYTEST_ARGS)
@@ -130,4 +134,4 @@ bench-train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training.bench
 
 clean:
-	rm -rf .venv-serve .venv-train .venv-tools .venv-loadtest .venv-clients .pytest_cache .ruff_cache
+	rm -rf .venv-serve .venv-train .venv-tools .venv-loadtest .venv-clients .venv-router .pytest_cache .ruff_cache
