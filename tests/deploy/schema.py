@@ -1,18 +1,24 @@
 """Schema validation of rendered manifests, strict enough to fail where an API server would refuse.
 
 Built-in kinds: kubernetes-validate's strict JSON schemas for KUBERNETES_VERSION (unknown fields, removed
-API versions and unknown kinds are errors, not warnings). Custom resources: cloudcoil's typed pydantic
-models of the Prometheus Operator and KEDA CRDs; pydantic ignores unknown keys, so a round trip
-(validate, dump what was set, compare) turns every dropped key into an error. JobSet has no typed model
-on PyPI: its pod template is validated as a batch/v1 Job and its own fields against the v1alpha2 API.
+API versions and unknown kinds are errors, not warnings). Prometheus Operator and KEDA resources: cloudcoil's
+typed pydantic models; pydantic ignores unknown keys, so a round trip (validate, dump what was set, compare)
+turns every dropped key into an error. The scale-out resources (InferencePool, InferenceObjective,
+InferenceModelRewrite, HTTPRoute, LeaderWorkerSet, TrainJob): the upstream CRDs kept under deploy/crds/,
+turned into strict JSON schemas by deploy/crds/crd_to_json_schema.py; a LeaderWorkerSet's pod templates are
+also validated as a Deployment's, against the Kubernetes version's own schema.
 """
 
 from __future__ import annotations
 
+import functools
+
+import jsonschema
 import kubernetes_validate
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
+from deploy.crds.crd_to_json_schema import json_schemas
 from tests.deploy.tools import KUBERNETES_VERSION
 
 CRD_MODELS = {
@@ -20,21 +26,6 @@ CRD_MODELS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): PrometheusRule,
     ("keda.sh/v1alpha1", "ScaledObject"): ScaledObject,
 }
-
-# sigs.k8s.io/jobset api/jobset/v1alpha2 JobSetSpec and ReplicatedJob fields.
-JOBSET_SPEC_FIELDS = {
-    "replicatedJobs",
-    "network",
-    "successPolicy",
-    "failurePolicy",
-    "startupPolicy",
-    "suspend",
-    "coordinator",
-    "managedBy",
-    "ttlSecondsAfterFinished",
-}
-JOBSET_REPLICATED_JOB_FIELDS = {"name", "groupName", "template", "replicas", "dependsOn"}
-JOBSET_NETWORK_FIELDS = {"enableDNSHostnames", "subdomain", "publishNotReadyAddresses"}
 
 
 class ManifestError(ValueError):
@@ -70,26 +61,32 @@ def validate_custom_resource(doc: dict) -> None:
         raise ManifestError(f"{doc['kind']}/{doc['metadata']['name']}: unknown fields {unknown}")
 
 
-def validate_jobset(doc: dict, version: str = KUBERNETES_VERSION) -> None:
-    if doc["apiVersion"] != "jobset.x-k8s.io/v1alpha2":
-        raise ManifestError(f"JobSet apiVersion {doc['apiVersion']} is not jobset.x-k8s.io/v1alpha2")
-    spec = doc["spec"]
-    unknown = set(spec) - JOBSET_SPEC_FIELDS
-    unknown |= set(spec.get("network", {})) - JOBSET_NETWORK_FIELDS
-    for job in spec["replicatedJobs"]:
-        unknown |= set(job) - JOBSET_REPLICATED_JOB_FIELDS
-        as_job = {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "metadata": {
-                "name": f"{doc['metadata']['name']}-{job['name']}",
-                **job["template"].get("metadata", {}),
-            },
-            "spec": job["template"]["spec"],
-        }
-        validate_builtin(as_job, version)
-    if unknown:
-        raise ManifestError(f"JobSet/{doc['metadata']['name']}: unknown fields {sorted(unknown)}")
+@functools.cache
+def fetched_crd_validators() -> dict[tuple[str, str], jsonschema.Draft7Validator]:
+    """(apiVersion, kind) -> a validator for each served version of the CRDs under deploy/crds/ (read once)."""
+    return {key: jsonschema.Draft7Validator(schema) for key, schema in json_schemas().items()}
+
+
+def validate_fetched_crd_resource(doc: dict, version: str = KUBERNETES_VERSION) -> None:
+    validator = fetched_crd_validators()[(doc["apiVersion"], doc["kind"])]
+    errors = [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in validator.iter_errors(doc)]
+    if errors:
+        raise ManifestError(f"{doc['kind']}/{doc['metadata']['name']}: " + "; ".join(sorted(errors)[:5]))
+    if doc["kind"] == "LeaderWorkerSet":
+        templates = doc["spec"]["leaderWorkerTemplate"]
+        for role in ("leaderTemplate", "workerTemplate"):
+            validate_builtin(pod_template_as_deployment(f"{doc['metadata']['name']}-{role}", templates[role]), version)
+
+
+def pod_template_as_deployment(name: str, template: dict) -> dict:
+    """A pod template wrapped as the Deployment it could be, so the Kubernetes version's own schema judges it."""
+    labels = template.get("metadata", {}).get("labels", {})
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": labels}, "template": template},
+    }
 
 
 def validate_builtin(doc: dict, version: str = KUBERNETES_VERSION) -> None:
@@ -103,7 +100,7 @@ def validate(doc: dict, version: str = KUBERNETES_VERSION) -> None:
     """Raise ManifestError unless `doc` would be accepted by an API server of `version` with our CRDs."""
     if (doc["apiVersion"], doc["kind"]) in CRD_MODELS:
         validate_custom_resource(doc)
-    elif doc["kind"] == "JobSet":
-        validate_jobset(doc, version)
+    elif (doc["apiVersion"], doc["kind"]) in fetched_crd_validators():
+        validate_fetched_crd_resource(doc, version)
     else:
         validate_builtin(doc, version)

@@ -28,16 +28,22 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tsumugi.json"
 KUBERNETES_VERSION = "1.33.0"
 SUPPORTED_KUBERNETES_VERSIONS = ["1.30.0", KUBERNETES_VERSION, "1.37.0"]
 
-# Every kustomization an operator applies: the serving overlays and the training workloads.
+# Every kustomization an operator applies: the serving overlays (one Deployment of tsumugi each), the scale-out
+# overlays (model-aware routing in front of the lora overlay; one replica across nodes) and the training workloads.
 SERVING_OVERLAYS = ["fp16", "awq", "lora"]
+SCALE_OUT_OVERLAYS = ["inference-pool", "multi-node"]
 KUSTOMIZATIONS = {
-    **{f"overlays/{name}": K8S / "overlays" / name for name in SERVING_OVERLAYS},
+    **{f"overlays/{name}": K8S / "overlays" / name for name in [*SERVING_OVERLAYS, *SCALE_OUT_OVERLAYS]},
     "training/qlora": K8S / "training" / "qlora",
     "training/multi-gpu": K8S / "training" / "multi-gpu",
     "training/evaluation": K8S / "training" / "evaluation",
 }
-# Workloads that use no GPU: the evaluation Job only sends HTTP requests to the served model.
-CPU_ONLY = {"training/evaluation"}
+# Pods that use no GPU, by their component label: the evaluation Job only sends HTTP requests to the served model,
+# the endpoint picker only chooses a pod per request.
+CPU_ONLY_COMPONENTS = {"evaluation", "endpoint-picker"}
+# Kustomizations whose workload is a TrainJob: its pods come from a Trainer runtime, not from a pod spec here
+# (tests/deploy/test_scale_out_manifests.py checks it).
+TRAINER_RUNTIME_WORKLOADS = {"training/multi-gpu"}
 
 
 def tool(name: str) -> str:
@@ -74,11 +80,16 @@ def load_documents(text: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def pod_specs(doc: dict) -> list[dict]:
-    """The pod specs inside a workload: Deployment/Job, or each replicated Job of a JobSet."""
+def pod_templates(doc: dict) -> list[dict]:
+    """The pod templates inside a workload: Deployment/Job, or a LeaderWorkerSet's leader and worker."""
     spec = doc.get("spec", {})
     if doc["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
-        return [spec["template"]["spec"]]
-    if doc["kind"] == "JobSet":
-        return [job["template"]["spec"]["template"]["spec"] for job in spec["replicatedJobs"]]
+        return [spec["template"]]
+    if doc["kind"] == "LeaderWorkerSet":
+        return [spec["leaderWorkerTemplate"]["leaderTemplate"], spec["leaderWorkerTemplate"]["workerTemplate"]]
     return []
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    """The pod specs inside a workload (see pod_templates)."""
+    return [template["spec"] for template in pod_templates(doc)]
