@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from service.adapters.watch import READY_MARKER, AdapterDirWatcher
-from tests.service.adapters.test_catalogue import ADMIN, ADMIN_KEY, write_adapter
+from tests.service.adapters.conftest import ADMIN, ADMIN_KEY, write_adapter
 from tests.service.fake_engine import CHAT, fake_app, running_app
 
 pytestmark = pytest.mark.anyio
