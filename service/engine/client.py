@@ -31,6 +31,7 @@ from service.config import Settings
 from service.engine.args import build_engine_args, runtime_adapters
 from service.engine.grammars import answer_or_calls_grammar, compact_json_grammar
 from service.engine.null_adapter import write_null_adapter, write_null_adapter_for_model
+from service.engine.stats import ModelServerStatLogger, serve_clients
 from service.engine.types import (
     NULL_ADAPTER_NAME,
     AdapterHandle,
@@ -65,7 +66,11 @@ class Engine:
         use_null_adapter = (bool(adapter_paths) or runtime_adapters(settings)) and current_platform.is_cpu()
         args = build_engine_args(settings, len(adapter_paths), use_null_adapter)
         # The API-server usage context picks vLLM's serving defaults (batch sizes, max_num_seqs), as `vllm serve`.
-        llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        # Its Prometheus series are the ones routers read, with adapters named as clients name them (stats.py).
+        llm = AsyncLLM.from_engine_args(
+            args, usage_context=UsageContext.OPENAI_API_SERVER, stat_loggers=[ModelServerStatLogger]
+        )
+        serve_clients(llm, settings.max_loras)
         model_config = llm.model_config
         tempdir = None
         null_adapter = None
