@@ -2,9 +2,11 @@
 
 Our series live in a registry owned by the app (no module-level state). vLLM registers its own
 (`vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`, ...) in prometheus-client's default registry
-from inside the engine; `/metrics` serves both. It always answers in the classic text format 0.0.4, where
-`vllm:`-style names are legal as they are: with content negotiation, prometheus-client 0.23+ may agree on an
-escaping that makes Prometheus store `vllm:x` as `vllm_x`, and the dashboards and alerts would find nothing.
+from inside the engine, through our logger (`engine/stats.py`: the LoRA series by clients' adapter names, and
+`vllm:gpu_cache_usage_perc` for production-stack's router); `/metrics` serves both. It always answers in the
+classic text format 0.0.4, where `vllm:`-style names are legal as they are: with content negotiation,
+prometheus-client 0.23+ may agree on an escaping that makes Prometheus store `vllm:x` as `vllm_x`, and the
+dashboards and alerts would find nothing.
 """
 
 from __future__ import annotations
