@@ -15,6 +15,8 @@ import sys
 import pytest
 import yaml
 
+from tests.deploy.schema import pod_template_as_deployment
+from tests.deploy.test_checkov import EXPECTED_SKIPS, checkov, failures_and_skips
 from tests.deploy.test_inference_pool_manifests import flag
 from tests.deploy.test_manifests import GPU, by_kind, one, serving_config
 from tests.deploy.tools import DEPLOY, KUSTOMIZATIONS, ROOT, SERVE_PYTHON, run
@@ -115,6 +117,27 @@ def test_the_api_reaches_leaders_only_and_the_group_reaches_itself(rendered):
     for role in ("leaderTemplate", "workerTemplate"):
         pod = lws["spec"]["leaderWorkerTemplate"][role]["spec"]
         assert {c["image"] for c in pod["containers"] + pod["initContainers"]} == {base_image}
+
+
+def test_checkov_passes_on_the_group_pods(rendered, tmp_path):
+    """checkov knows no LeaderWorkerSet: its two pod templates are scanned as the Deployments they could be, with
+    the overlay's NetworkPolicies, and skips only what the LeaderWorkerSet or a template gives a reason for."""
+    docs = rendered[OVERLAY]
+    lws = one(docs, "LeaderWorkerSet")
+    wrapped = []
+    for role in ("leaderTemplate", "workerTemplate"):
+        template = copy.deepcopy(lws["spec"]["leaderWorkerTemplate"][role])
+        template["metadata"]["labels"]["leaderworkerset.sigs.k8s.io/name"] = lws["metadata"]["name"]  # LWS adds it
+        doc = pod_template_as_deployment(f"tsumugi-{role.removesuffix('Template')}", template)
+        annotations = {**lws["metadata"]["annotations"], **template["metadata"].get("annotations", {})}
+        doc["metadata"].update(namespace=lws["metadata"]["namespace"], annotations=annotations)
+        wrapped.append(doc)
+    (tmp_path / "groups.yaml").write_text(yaml.safe_dump_all(wrapped + by_kind(docs, "NetworkPolicy")))
+    reports = checkov(["-d", str(tmp_path), "--framework", "kubernetes"])
+    failed, skipped = failures_and_skips(reports)
+    assert reports[0]["summary"]["passed"] > 100 and not failed, failed
+    assert {check["check_id"] for check in skipped} <= {*EXPECTED_SKIPS, "CKV_K8S_8", "CKV_K8S_9"}
+    assert {c["check_id"] for c in skipped if "leader" in c["resource"]} <= EXPECTED_SKIPS, "the leader has probes"
 
 
 def planned(command: str) -> dict:
