@@ -4,12 +4,14 @@ Only the chosen command's arguments are defined, and each command imports its li
 runs on the standard library alone (no torch, pydantic or httpx) and stays instant. A user mistake (a
 `TrainingError`: bad config value, bad data, unusable model directory, existing output) ends as one line
 `error: ...` and exit code 2, without a traceback. Anything else is our bug, not the user's: it is not caught,
-so it keeps its traceback and exits with code 1.
+so it keeps its traceback and exits with code 1. Under torchrun every rank ends with the same agreed error
+(training/distributed.py) and exit code 2; rank 0 alone prints it, so the log has the line once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -31,7 +33,9 @@ def run_sft_command(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, overrides_from_flags(args))
     from training.sft import run_sft  # torch and TRL only once the config is known to be valid
 
-    print(f"adapter written to {run_sft(cfg)}")
+    out = run_sft(cfg)
+    if speaks_for_the_run():
+        print(f"adapter written to {out}")
 
 
 def add_merge_arguments(p: argparse.ArgumentParser) -> None:
@@ -111,13 +115,19 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def speaks_for_the_run() -> bool:
+    """Rank 0 under torchrun (`RANK`), or the only process: the one that talks to the user."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         args.handler(args)
     except TrainingError as error:  # anything else is our bug: it keeps its traceback and exit code 1
-        print(f"error: {error}", file=sys.stderr)
+        if speaks_for_the_run():
+            print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 

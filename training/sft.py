@@ -9,6 +9,12 @@ lives in `<out>.partial/` until then; `--resume` continues from its newest check
 The published adapter directory holds the peft adapter (loadable by vLLM as a LoRA module), the tokenizer
 with the training prompt format as its chat template, `training_manifest.json`, `train_log.json` and
 `loss_curve.png`.
+
+Under `torchrun` every rank runs this recipe (training/distributed.py): DDP around the peft model, each rank a
+shard of every global batch, and rank 0 alone writing the work directory, the checkpoints' shared files and the
+output. `optim.batch_size` stays what one device holds (the memory knob); one optimizer step sees
+`batch_size x grad_accum x world_size` records, the same records in the same order as a single process whose
+`batch_size x grad_accum` is that product (tests/training/test_sft_distributed.py).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from training.checkpoints import AtomicCheckpointSFTTrainer, latest_checkpoint, 
 from training.config import SFTConfig
 from training.data.examples import adapter_chat_template, build_examples
 from training.data.records import Record, load_records, select_records, split_records
+from training.distributed import Launch, agreed, on_main_rank, process_group
 from training.errors import ConfigError, ModelError, OutputExistsError
 from training.licences import assess
 from training.manifest import build_manifest, write_loss_curve, write_manifest
@@ -41,8 +48,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class SFTRecipe:
     """One fine-tuning run: `SFTRecipe(cfg).setup()`, then `.train()` returns the published directory."""
 
-    def __init__(self, cfg: SFTConfig) -> None:
+    def __init__(self, cfg: SFTConfig, launch: Launch | None = None) -> None:
         self.cfg = cfg
+        self.launch = launch or Launch()
         self.out_dir = Path(cfg.out)
         self.work_dir = self.out_dir.with_name(self.out_dir.name + ".partial")
         self.checkpoint_dir = self.work_dir / "checkpoints"
@@ -59,17 +67,22 @@ class SFTRecipe:
 
     def setup(self) -> SFTRecipe:
         """Build everything in dependency order. Data is validated first, before the tokenizer, before anything is
-        written and before the (possibly large) model loads, so bad data fails fast and leaves no trace on disk."""
+        written and before the (possibly large) model loads, so bad data fails fast and leaves no trace on disk.
+        Under several ranks each check runs on every rank and fails on all if it fails on one; the work directory
+        is rank 0's to write, and the others wait for it."""
+        agreed(self.launch, self._check_inputs)
+        on_main_rank(self.launch, self._prepare_work_dir)
+        self._setup_model()
+        self._setup_trainer()
+        return self
+
+    def _check_inputs(self) -> None:
         if self.out_dir.exists():
             raise OutputExistsError(f"{self.out_dir} already exists; remove it or choose another --out")
         self._load_data()
         self._check_licences()
         self._setup_tokenizer()
         self._build_datasets()
-        self._prepare_work_dir()
-        self._setup_model()
-        self._setup_trainer()
-        return self
 
     def _choose_dtype(self) -> torch.dtype:
         if self.cfg.precision != "auto":
@@ -97,16 +110,29 @@ class SFTRecipe:
 
     def _prepare_work_dir(self) -> None:
         saved_config = self.work_dir / "sft_config.json"
+        saved_launch = self.work_dir / "launch.json"
         if self.cfg.resume and saved_config.exists():
             previous = json.loads(saved_config.read_text(encoding="utf-8"))
             current = self.cfg.to_dict()
             differing = sorted(k for k in current if k != "resume" and previous.get(k) != current[k])
             if differing:
                 raise ConfigError(f"--resume with a different config than the interrupted run: {differing}")
+            self._check_same_world_size(saved_launch)
         elif self.work_dir.exists():
             shutil.rmtree(self.work_dir)  # an earlier interrupted run that is not being resumed
         self.work_dir.mkdir(parents=True, exist_ok=True)
         saved_config.write_text(json.dumps(self.cfg.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+        saved_launch.write_text(json.dumps({"world_size": self.launch.world_size}), encoding="utf-8")
+
+    def _check_same_world_size(self, saved_launch: Path) -> None:
+        """The global batch, each rank's share of it and the per-rank RNG states in a checkpoint all depend on
+        the number of processes, so a run resumes only with as many as it was interrupted with."""
+        previous = json.loads(saved_launch.read_text(encoding="utf-8"))["world_size"] if saved_launch.exists() else 1
+        if previous != self.launch.world_size:
+            raise ConfigError(
+                f"--resume with {self.launch.world_size} process(es); the interrupted run had {previous}: "
+                "resume it with the same torchrun --nnodes x --nproc-per-node"
+            )
 
     def _setup_tokenizer(self) -> None:
         """The first use of `base`, so a base that is neither a model directory nor a reachable hub name fails
@@ -132,9 +158,9 @@ class SFTRecipe:
         loaded = load_records([Path(p) for p in data.paths], skip_invalid=data.skip_invalid)
         self.skipped_records = loaded.skipped
         self.records_per_file = loaded.records_per_file
-        for message in loaded.skipped:
+        for message in loaded.skipped if self.launch.is_main else ():
             print(f"skipped invalid record: {message}")  # noqa: T201 - the user asked to skip; say what
-        if loaded.skipped:
+        if loaded.skipped and self.launch.is_main:
             print(f"skipped {len(loaded.skipped)} invalid record(s)")  # noqa: T201
         selected = select_records(loaded.records, data.records)
         train, validation = split_records(selected, data.validation_fraction, self.cfg.seed)
@@ -168,7 +194,7 @@ class SFTRecipe:
     def _training_arguments(self) -> TrlSFTConfig:
         cfg, optim = self.cfg, self.cfg.optim
         has_validation = "validation" in self.datasets
-        return TrlSFTConfig(
+        return TrainingArguments(
             output_dir=str(self.checkpoint_dir),
             per_device_train_batch_size=optim.batch_size,
             per_device_eval_batch_size=optim.batch_size,
@@ -200,6 +226,10 @@ class SFTRecipe:
             train_sampling_strategy="random" if self.packing else "group_by_length",
             max_length=None,  # records are truncated to data.max_length in build_examples
             dataloader_pin_memory=torch.cuda.is_available(),
+            # DDP: every LoRA weight takes part in every step, so DDP need not search the graph for unused ones
+            # (that search also breaks with gradient checkpointing).
+            ddp_find_unused_parameters=False,
+            ddp_timeout=int(self.launch.timeout.total_seconds()),
         )
 
     def _setup_trainer(self) -> None:
@@ -225,7 +255,7 @@ class SFTRecipe:
     def train(self) -> Path:
         """Train (resuming if asked and possible), evaluate, then publish the output directory."""
         resume_from = latest_checkpoint(self.checkpoint_dir) if self.cfg.resume else None
-        if self.cfg.resume:
+        if self.cfg.resume and self.launch.is_main:
             print(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from; starting")  # noqa: T201
         # peft casts each LoRA input to the adapter's fp32 dtype, then autocast casts it back to 16-bit for the
         # matmul: two copies per adapted Linear, one kept for backward (bench, CPU: peak RSS 4,546 -> 4,022 MiB).
@@ -234,13 +264,17 @@ class SFTRecipe:
             self.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
             if "validation" in self.datasets:
                 self.trainer.evaluate()
+        on_main_rank(self.launch, self._publish)
+        return self.out_dir
+
+    def _publish(self) -> None:
+        """Write the final directory beside the checkpoints, then move it into place in one rename."""
         final = self.work_dir / "final"
         shutil.rmtree(final, ignore_errors=True)
         self.save_checkpoint(final)
         publish_directory(final, self.out_dir)
         if not self.cfg.keep_checkpoints:
             shutil.rmtree(self.work_dir)
-        return self.out_dir
 
     def save_checkpoint(self, directory: Path) -> None:
         """Write the servable adapter directory: adapter, tokenizer + chat template, manifest, logs, curve."""
@@ -253,7 +287,21 @@ class SFTRecipe:
         write_loss_curve(history, directory / "loss_curve.png")
         manifest = build_manifest(self.cfg, history, self.skipped_records, self.datasets, self.records_per_file)
         manifest["licence"] = self.licence
+        manifest["distributed"] = self.launch.describe(self.trainer.args.train_batch_size, self.cfg.optim.grad_accum)
         write_manifest(directory, manifest)
+
+
+class TrainingArguments(TrlSFTConfig):
+    """TRL's SFTConfig whose device on CPU is plain `cpu`.
+
+    With several CPU ranks accelerate names each rank's device `cpu:<local rank>`, and the Trainer resumes the
+    optimizer with `torch.load(map_location=args.device)`, which torch 2.13 refuses for an indexed CPU ("don't
+    know how to restore data location ... cpu:0"): a two-rank run could not resume. There is one CPU device."""
+
+    @property
+    def device(self) -> torch.device:
+        device = super().device
+        return torch.device("cpu") if device.type == "cpu" else device
 
 
 class PartialCheckpointing(TrainerCallback):
@@ -280,5 +328,8 @@ def varlen_attention_available() -> bool:
     return torch.cuda.is_available() and is_flash_attn_2_available()
 
 
-def run_sft(cfg: SFTConfig) -> Path:
-    return SFTRecipe(cfg).setup().train()
+def run_sft(cfg: SFTConfig, launch: Launch | None = None) -> Path:
+    """One run, as a single process or as one rank of torchrun's (`launch`, read from its environment)."""
+    launch = launch or Launch.from_environment()
+    with process_group(launch):
+        return SFTRecipe(cfg, launch).setup().train()
