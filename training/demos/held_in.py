@@ -7,8 +7,11 @@ greedy chat requests over HTTP: the adapter is prompted through its own chat tem
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -18,6 +21,9 @@ from training.errors import DataError, TrainingError
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE_PYTHON = REPO / ".venv-serve" / "bin" / "python"
+PARALLEL_REQUESTS = 16
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,15 @@ class Score:
         return self.correct / self.total if self.total else 0.0
 
 
+def asked_at_once(ask: Callable[[Item], Answer], items: Sequence[Item]) -> list[Answer]:
+    """`ask` for every item at once, answers in the items' order: the engine batches the requests (greedy, so
+    the replies are those asked one by one, up to floating-point rounding), several times faster than in turn on
+    a CPU."""
+    with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
+        return list(pool.map(ask, items))
+
+
 def score(server: EvaluationServer, model: str, questions: list[Question], max_tokens: int = 48) -> Score:
-    replies = [server.chat(model, q.prompt, max_tokens) for q in questions]
+    replies = asked_at_once(lambda q: server.chat(model, q.prompt, max_tokens), questions)
     correct = sum(q.answer in reply for q, reply in zip(questions, replies, strict=True))
     return Score(correct=correct, total=len(questions), replies=replies)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "training" / "configs" / "demo_smollm2_tools.yaml"
 DEFAULT_EVAL = REPO / "data" / "tools_ja_en_eval.json"
 ADAPTER_NAME = "tools"
-PARALLEL_REQUESTS = 16
 
 
 @dataclass(frozen=True)
@@ -93,10 +91,10 @@ def ask(server: EvaluationServer, model: str, request: ToolRequest, max_tokens: 
 
 
 def score_tool_calls(server: EvaluationServer, model: str, requests: list[ToolRequest]) -> ToolScore:
-    """Every request asked at once: the engine batches them (greedy, so the replies are those asked one by one,
-    up to floating-point rounding), several times faster than in turn on a CPU."""
-    with ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
-        answers = list(pool.map(lambda request: ask(server, model, request), requests))
+    """Every request asked at once (`asked_at_once`)."""
+    from training.demos.held_in import asked_at_once  # httpx: only here
+
+    answers = asked_at_once(lambda request: ask(server, model, request), requests)
     return ToolScore(
         right=[right for right, _ in answers],
         replies=[shown for _, shown in answers],
