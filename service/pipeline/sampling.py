@@ -16,7 +16,9 @@ from service.engine.types import GenerationParams
 from service.errors import InvalidRequest
 from service.pipeline.tools import ToolCallPolicy
 
-_SPELLED_OUT = ("max_tokens", "stop", "logprobs")
+# skip_special_tokens: a request may only say true (vllm-router's value, our default); chat keeps special tokens
+# where its tool parser needs them to find the calls.
+_SPELLED_OUT = ("max_tokens", "stop", "logprobs", "skip_special_tokens")
 _SHARED = tuple(
     f.name for f in fields(GenerationParams) if f.name in SamplingFields.model_fields and f.name not in _SPELLED_OUT
 )

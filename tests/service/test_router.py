@@ -12,10 +12,9 @@ the official openai client pointed at the router, and what reached each replica 
   still succeed on the other.
 
 vllm-router 0.1.17 forwards the Responses API and unknown paths byte for byte, but parses chat and text
-completions into its own request type and sends them on with sglang-era fields added (`no_stop_trim`,
-`skip_special_tokens`, `separate_reasoning`, ...), which tsumugi refuses as unknown fields (400 naming the field).
-So the spread and drain checks use the Responses API, the adapter check counts arrivals whatever the replica
-answered, and `test_chat_completions_through_the_router` holds that gap as a strict xfail.
+completions into its own request type and sends them on with sglang-era fields added at fixed values
+(`no_stop_trim`, `skip_special_tokens`, `separate_reasoning`, ...); tsumugi accepts them at exactly those values
+(what it does anyway) and refuses others, so every endpoint answers through the router.
 
 Cost: two engine starts (side by side) plus building a long-context tiny model; the routers start in a second.
 """
@@ -151,7 +150,8 @@ def send_responses(router: ServerProcess, count: int) -> None:
     client = client_for(router)
     for _ in range(count):
         response = client.responses.create(model=BASE, input="hello", max_output_tokens=4)
-        assert response.error is None and response.usage.output_tokens == 4, response
+        # Sampled (the default temperature): the random tiny model may end before its 4 tokens.
+        assert response.error is None and 1 <= response.usage.output_tokens <= 4, response
 
 
 def send_chats(router: ServerProcess, model: str, count: int) -> list[int]:
@@ -176,22 +176,24 @@ def test_adapter_requests_reach_only_the_replica_that_has_the_adapter(model_rout
     for adapter, other in (("a", "b"), ("b", "a")):
         counted, statuses = arrivals(replicas, partial(send_chats, model_router, adapter, 4), endpoint="chat")
         assert counted == {adapter: 4, other: 0}, f"requests for adapter {adapter!r} (answered {statuses})"
+        assert statuses == [200] * 4, statuses
     # The base model is registered under no name: the router spreads it over every worker.
     counted, statuses = arrivals(replicas, partial(send_chats, model_router, BASE, 4), endpoint="chat")
     assert counted == {"a": 2, "b": 2}, f"requests for the base model (answered {statuses})"
+    assert statuses == [200] * 4, statuses
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=openai.BadRequestError,
-    reason="vllm-router 0.1.17 adds sglang-era fields (no_stop_trim, skip_special_tokens, ...) to chat and text "
-    "completions, and tsumugi refuses unknown fields; passes once the service accepts them at their defaults",
-)
-def test_chat_completions_through_the_router(router):
-    reply = client_for(router).chat.completions.create(
-        model=BASE, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+def test_chat_and_text_completions_answer_through_the_router(router):
+    """The router's added fields are accepted at its values, streamed or not."""
+    client = client_for(router)
+    reply = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert reply.choices[0].message.content is not None and 1 <= reply.usage.completion_tokens <= 4
+    stream = client.chat.completions.create(
+        model=BASE, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
     )
-    assert reply.choices[0].message.content
+    assert any(chunk.choices[0].finish_reason for chunk in stream if chunk.choices)
+    completion = client.completions.create(model=BASE, prompt="hello", max_tokens=4)
+    assert completion.choices[0].finish_reason in ("stop", "length") and 1 <= completion.usage.completion_tokens <= 4
 
 
 def stream_until(url: str, stop: threading.Event, events: list[str]) -> None:

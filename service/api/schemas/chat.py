@@ -162,6 +162,12 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # vllm-router's chat fields (see SamplingFields): the prompt ends with a new assistant turn; with no
+    # reasoning parser there is no reasoning to separate, stream or include, so true changes nothing.
+    continue_final_message: Literal[False] = False
+    separate_reasoning: Literal[True] = True
+    stream_reasoning: Literal[True] = True
+    include_reasoning: Literal[True] = True
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:

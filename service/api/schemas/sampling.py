@@ -8,7 +8,7 @@ cheaper than a model and the shape is fixed by OpenAI, not by us.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -112,6 +112,12 @@ class SamplingFields(BaseModel):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     store: bool | None = None
+    # What vllm-router (the vLLM project's router, sglang's lineage) adds to every request it forwards, always at
+    # these values: accepted at exactly what this server does anyway (stop strings trimmed, special tokens
+    # skipped, no hidden states), refused at any other value (400 naming the field).
+    no_stop_trim: Literal[False] = False
+    skip_special_tokens: Literal[True] = True
+    return_hidden_states: Literal[False] = False
 
     @model_validator(mode="before")
     @classmethod
