@@ -147,7 +147,11 @@ def test_lora_modules_from_the_environment_keep_json_whole(monkeypatch, value: s
         (["--resolve-adapters-on-request"], "loads from --adapter-dir; pass both"),
     ],
 )
-def test_flags_tsumugi_cannot_honour_fail_in_one_line(capsys, flags: list[str], message: str):
+def test_flags_tsumugi_cannot_honour_fail_in_one_line(monkeypatch, capsys, flags: list[str], message: str):
+    def serve_instead_of_refusing(self) -> None:  # a refusal that broke would start a server and never return
+        raise AssertionError(f"{flags} reached the server instead of being refused")
+
+    monkeypatch.setattr("service.__main__.DrainingServer.run", serve_instead_of_refusing)
     assert main(["--no-auth", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
