@@ -49,6 +49,7 @@ REPORTED = (
     "median_ttft_ms",
     "p99_ttft_ms",
     "median_itl_ms",
+    "median_tpot_ms",
     "median_e2el_ms",
     "completed",
     "total_input_tokens",
@@ -198,6 +199,7 @@ def run_load(port: int, workload: Workload, num_prompts: int, concurrency: int) 
             "--random-output-len", str(OUTPUT_TOKENS),
             "--ignore-eos", "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency),
             "--seed", "0", "--disable-tqdm", "--percentile-metrics", "ttft,tpot,itl,e2el",
+            "--save-detailed",  # per-request ITLs stay in the returned result (no file without --save-result)
             *(["--extra-body", json.dumps(workload.extra_body)] if workload.extra_body else []),
         ]
     )  # fmt: skip
@@ -208,7 +210,18 @@ def run_round(name: str, workload: Workload, log: Path, num_prompts: int, concur
     with server_process(name, workload, log) as server:
         run_load(server.port, workload, min(32, num_prompts), concurrency)  # warm-up, not recorded
         result = run_load(server.port, workload, num_prompts, concurrency)
-    return {key: result.get(key) for key in REPORTED}
+    return {key: result.get(key) for key in REPORTED} | {"tokens_per_chunk": tokens_per_chunk(result)}
+
+
+def tokens_per_chunk(result: dict) -> float | None:
+    """Output tokens per streamed chunk: above 1 where a server sends several tokens in one chunk (it read the
+    engine's output after more than one step), which lengthens its gaps between chunks (ITL) without slowing
+    tokens down; the time per output token (TPOT) is the per-token figure."""
+    itls, output_lens = result.get("itls"), result.get("output_lens")
+    if not itls or not output_lens:
+        return None
+    chunks = sum(len(gaps) + 1 for gaps, tokens in zip(itls, output_lens, strict=True) if tokens)
+    return sum(output_lens) / chunks if chunks else None
 
 
 def ratios(rounds: list[dict], key: str) -> list[float]:
@@ -229,22 +242,28 @@ def write_report(workload: Workload, rounds: list[dict], args: argparse.Namespac
         *tools_lines(workload, rounds),
         "- Servers alternate one at a time; ratio = tsumugi / vLLM's own server in the same round.",
         "",
-        "| round | server | output tok/s | median TTFT ms | p99 TTFT ms | median ITL ms | median E2E ms |",
-        "|---|---|---|---|---|---|---|",
+        "| round | server | output tok/s | median TTFT ms | p99 TTFT ms | median ITL ms | median TPOT ms "
+        "| tokens/chunk | median E2E ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rounds, 1):
         for name in SERVER_NAMES:
-            m = {key: ("n/a" if value is None else f"{value:.1f}") for key, value in r[name].items()}
+            m = {key: ("n/a" if r[name].get(key) is None else f"{r[name][key]:.1f}") for key in REPORTED}
+            chunk = r[name].get("tokens_per_chunk")
             lines.append(
                 f"| {i} | {name} | {m['output_throughput']} | {m['median_ttft_ms']} | {m['p99_ttft_ms']} | "
-                f"{m['median_itl_ms']} | {m['median_e2el_ms']} |"
+                f"{m['median_itl_ms']} | {m['median_tpot_ms']} | {'n/a' if chunk is None else f'{chunk:.2f}'} | "
+                f"{m['median_e2el_ms']} |"
             )
     lines.append("")
     for label, key, target in (
         ("Throughput", "output_throughput", workload.throughput_target),
         ("Median-TTFT", "median_ttft_ms", "<= 1.0"),
         ("Median-ITL", "median_itl_ms", workload.itl_target),
+        ("Median-TPOT", "median_tpot_ms", None),
     ):
+        if any(r[name].get(key) is None for r in rounds for name in SERVER_NAMES):
+            continue  # a log from before the harness recorded it
         per_round = ratios(rounds, key)
         lines.append(
             f"- {label} ratio per round: {', '.join(f'{x:.3f}' for x in per_round)}; "
