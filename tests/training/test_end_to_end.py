@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from training.demos.held_in import EvaluationServer, load_eval_set, score
+from training.demos.held_in import EvaluationServer, load_eval_set, score_models
 from training.export.merge import merge_adapter
 from training.export.quantize import quantize_model
 from training.manifest import MANIFEST_NAME
@@ -59,9 +59,7 @@ def test_adapters_serve_and_answer_where_the_base_model_does_not(tiny_model, tin
     args = ["--model", str(tiny_model), "--dtype", "float32", "--max-lora-rank", "16",
             "--lora-modules", f"ja={trained['lora']}", f"qja={trained['qlora']}"]  # fmt: skip
     with EvaluationServer(args, trained["folder"] / "adapters.log") as server:
-        base = score(server, str(tiny_model), questions)
-        lora = score(server, "ja", questions)
-        qlora = score(server, "qja", questions)
+        base, lora, qlora = score_models(server, [str(tiny_model), "ja", "qja"], questions)
         cards = {name: card(server, name) for name in (str(tiny_model), "ja", "qja")}
     record_property("scores", {"base": base.correct, "lora": lora.correct, "qlora": qlora.correct})
     print(f"\nheld-in exact answers: base {base.correct}/{base.total}, LoRA {lora.correct}, QLoRA {qlora.correct}")
@@ -96,7 +94,7 @@ def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_
     merged = merge_adapter(str(tiny_model), trained["lora"], trained["folder"] / "merged", dtype="fp16")
     assert (merged / "chat_template.jinja").read_text() == (trained["lora"] / "chat_template.jinja").read_text()
     with EvaluationServer(["--model", str(merged)], trained["folder"] / "merged.log") as server:
-        merged_score = score(server, str(merged), questions)
+        (merged_score,) = score_models(server, [str(merged)], questions)
         merged_card = card(server, str(merged))
     merged_lineage = merged_card["lineage"]
     assert merged_score.correct == merged_score.total, merged_score.replies
@@ -111,7 +109,7 @@ def test_merged_then_awq_models_serve_the_same_answers(tiny_eval, trained, tiny_
     # Default flags: --dtype auto picks bfloat16 for W4A16 on CPU (the only dtype of cpu_gemm_wna16).
     # --require-licence-metadata: the AWQ model carries the LoRA run's licence record, so it is served.
     with EvaluationServer(["--model", str(awq), "--require-licence-metadata"], trained["folder"] / "awq.log") as server:
-        awq_score = score(server, str(awq), questions)
+        (awq_score,) = score_models(server, [str(awq)], questions)
         awq_card = card(server, str(awq))
     awq_lineage = awq_card["lineage"]
     record_property("awq_correct", awq_score.correct)

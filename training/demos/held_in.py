@@ -103,6 +103,12 @@ class Score:
     total: int
     replies: list[str]
 
+    @classmethod
+    def of(cls, questions: Sequence[Question], replies: list[str]) -> Score:
+        """A reply is correct when it contains the question's answer."""
+        correct = sum(q.answer in reply for q, reply in zip(questions, replies, strict=True))
+        return cls(correct=correct, total=len(questions), replies=replies)
+
     @property
     def rate(self) -> float:
         return self.correct / self.total if self.total else 0.0
@@ -116,7 +122,19 @@ def asked_at_once(ask: Callable[[Item], Answer], items: Sequence[Item]) -> list[
         return list(pool.map(ask, items))
 
 
-def score(server: EvaluationServer, model: str, questions: list[Question], max_tokens: int = 48) -> Score:
-    replies = asked_at_once(lambda q: server.chat(model, q.prompt, max_tokens), questions)
-    correct = sum(q.answer in reply for q, reply in zip(questions, replies, strict=True))
-    return Score(correct=correct, total=len(questions), replies=replies)
+def asked_of_each(
+    ask: Callable[[str, Item], Answer], models: Sequence[str], items: Sequence[Item]
+) -> list[list[Answer]]:
+    """`ask(model, item)` for every model and item, all at once (the base and its adapter share one batch and the
+    prompt prefix cache), split back into one answer list per model."""
+    pairs = [(model, item) for model in models for item in items]
+    answers = asked_at_once(lambda pair: ask(*pair), pairs)
+    return [answers[n * len(items) : (n + 1) * len(items)] for n in range(len(models))]
+
+
+def score_models(
+    server: EvaluationServer, models: Sequence[str], questions: list[Question], max_tokens: int = 48
+) -> list[Score]:
+    """One `Score` per model, in the models' order."""
+    replies = asked_of_each(lambda model, q: server.chat(model, q.prompt, max_tokens), models, questions)
+    return [Score.of(questions, model_replies) for model_replies in replies]

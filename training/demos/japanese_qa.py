@@ -54,15 +54,14 @@ class JapaneseQaSettings(DemoSettings):
 
 def run_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = False) -> tuple[Score, Score]:
     """Train (unless a finished adapter exists) and return (base score, adapter score)."""
-    from training.demos.held_in import EvaluationServer, load_eval_set, score  # httpx and the service: only here
+    from training.demos.held_in import EvaluationServer, load_eval_set, score_models  # httpx and the service: only here
 
     cfg = load_config(config, overrides)
     out = trained_adapter(cfg, retrain)
     questions = load_eval_set(eval_file)
     service_args = ["--model", cfg.base, "--lora-modules", f"{ADAPTER_NAME}={out}", "--dtype", "float32"]
     with EvaluationServer(service_args, out.with_name(out.name + ".serve.log")) as server:
-        before = score(server, cfg.base, questions)
-        after = score(server, ADAPTER_NAME, questions)
+        before, after = score_models(server, [cfg.base, ADAPTER_NAME], questions)
     print_table(questions, before, after)
     print_report(questions, before, after, out.with_name(out.name + ".report"))
     return before, after

@@ -90,16 +90,15 @@ def ask(server: EvaluationServer, model: str, request: ToolRequest, max_tokens: 
         return False, shown
 
 
-def score_tool_calls(server: EvaluationServer, model: str, requests: list[ToolRequest]) -> ToolScore:
-    """Every request asked at once (`asked_at_once`)."""
-    from training.demos.held_in import asked_at_once  # httpx: only here
+def score_tool_calls(server: EvaluationServer, models: list[str], requests: list[ToolRequest]) -> list[ToolScore]:
+    """One `ToolScore` per model, every (model, request) asked at once (`asked_of_each`)."""
+    from training.demos.held_in import asked_of_each  # httpx: only here
 
-    answers = asked_at_once(lambda request: ask(server, model, request), requests)
-    return ToolScore(
-        right=[right for right, _ in answers],
-        replies=[shown for _, shown in answers],
-        calls=[request.call is not None for request in requests],
-    )
+    calls = [request.call is not None for request in requests]
+    return [
+        ToolScore(right=[right for right, _ in answers], replies=[shown for _, shown in answers], calls=calls)
+        for answers in asked_of_each(lambda model, request: ask(server, model, request), models, requests)
+    ]
 
 
 def run_tool_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool = False) -> tuple[ToolScore, ToolScore]:
@@ -113,8 +112,7 @@ def run_tool_demo(config: Path, eval_file: Path, overrides: dict, retrain: bool 
     service_args = ["--model", cfg.base, "--lora-modules", f"{ADAPTER_NAME}={out}", "--dtype", "float32",
                     "--enable-auto-tool-choice", "--tool-call-parser", DEFAULT_TOOL_PARSER]  # fmt: skip
     with EvaluationServer(service_args, out.with_name(out.name + ".serve.log")) as server:
-        before = score_tool_calls(server, cfg.base, requests)
-        after = score_tool_calls(server, ADAPTER_NAME, requests)
+        before, after = score_tool_calls(server, [cfg.base, ADAPTER_NAME], requests)
     print_tool_table(requests, before, after)
     return before, after
 

@@ -71,7 +71,7 @@ def test_a_reply_is_right_only_with_exactly_the_expected_call():
     ]
     weather = {"name": "get_weather", "arguments": {"city": "東京"}}
     requests = [ToolRequest(f"q{n}", [{"type": "function"}], weather if n < 8 else None) for n in range(10)]
-    score = score_tool_calls(FakeServer({f"q{n}": reply for n, reply in enumerate(replies)}), "m", requests)
+    (score,) = score_tool_calls(FakeServer({f"q{n}": reply for n, reply in enumerate(replies)}), ["m"], requests)
     assert score.right == [True, True, False, False, False, False, False, False, True, False]
     assert score.rate() == (2, 8) and score.rate(expect_call=False) == (1, 2)
     assert score.replies[0] == 'get_weather({"city": "東京"})' and score.replies[6] == "晴れです。"
