@@ -46,7 +46,7 @@ def http(url: str, body: dict | None = None, headers: dict | None = None, timeou
 def service(tiny_model, tmp_path_factory):
     """The service as the image runs it (python -m service), with an API key, on a free loopback port."""
     args = ["--model", str(tiny_model), "--served-model-name", SERVED_NAME, "--api-key", API_KEY]
-    args += ["--max-model-len", "512"]
+    args += ["--max-model-len", "512", "--enforce-eager"]
     inherited_settings = {key: None for key in os.environ if key.startswith("TSUMUGI_")}
     log = tmp_path_factory.mktemp("service") / "service.log"
     server = service_process(

@@ -3,6 +3,11 @@
 Engines start once per session (20-60 s each on 2 cores): the main server carries the tiny model, two
 adapters (one with its own chat template), `--max-loras 1` (the hardest slot setting for isolation) and an
 API key, so every `/v1` test also exercises auth.
+
+The servers a test file starts for one purpose (drain, disconnect, overload, a killed engine, the router's
+replicas, ...) pass `--enforce-eager`: vLLM 0.32 on the CPU compiles the model again on every start (its
+compile cache fails to load), and their few requests do not pay back those 6-10 s. The session servers here and
+the default model's stay compiled, so the compiled path is still the one most tests go through.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def long_server(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("disconnect")
     model = build_tiny_llama(folder / "tiny-long", seed=0, max_positions=LONG_TOKENS + 192)
     with service_process(
-        ["--model", str(model), "--served-model-name", BASE, "--no-auth"], folder / "server.log"
+        ["--model", str(model), "--served-model-name", BASE, "--no-auth", "--enforce-eager"], folder / "server.log"
     ) as server:
         yield server
 

@@ -23,7 +23,8 @@ LONG_TOKENS = 8000
 def draining_server(tmp_path):
     # A long context, so one stream can outlast the drain timeout at any speed this machine has.
     model = build_tiny_llama(tmp_path / "tiny-long", seed=0, max_positions=LONG_TOKENS + 192)
-    args = ["--model", str(model), "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT), "--no-auth"]
+    args = ["--model", str(model), "--served-model-name", "tiny", "--drain-timeout", str(DRAIN_TIMEOUT), "--no-auth",
+            "--enforce-eager"]  # fmt: skip
     with service_process(args, tmp_path / "drain.log") as proc:
         yield proc
 

@@ -135,7 +135,7 @@ def test_a_2_mb_prompt_does_not_delay_health(server):
 @pytest.fixture(scope="module")
 def small_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """Four running sequences and no queue (admitted requests start at once): easy to exceed several times."""
-    args = ["--model", str(tiny_model), "--served-model-name", BASE, "--max-model-len", "512",
+    args = ["--model", str(tiny_model), "--served-model-name", BASE, "--max-model-len", "512", "--enforce-eager",
             "--max-num-seqs", "4", "--max-num-queued-requests", "0", "--api-key", API_KEY]  # fmt: skip
     with service_process(args, tmp_path_factory.mktemp("overload") / "server.log") as proc:
         yield proc
@@ -217,7 +217,8 @@ def test_overload_is_refused_fast_with_429_and_admitted_requests_keep_their_late
 
 # ---- a dead engine --------------------------------------------------------------------------------------------
 def test_killing_the_engine_process_fails_requests_at_once_and_exits_non_zero(tiny_model, tmp_path):
-    args = ["--model", str(tiny_model), "--served-model-name", BASE, "--max-model-len", "512", "--no-auth"]
+    args = ["--model", str(tiny_model), "--served-model-name", BASE, "--max-model-len", "512", "--no-auth",
+            "--enforce-eager"]  # fmt: skip
     server = service_process(args, tmp_path / "server.log")
     with server:
         engine_cores = psutil.Process(server.process.pid).children(recursive=True)

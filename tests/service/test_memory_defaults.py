@@ -42,7 +42,8 @@ def test_service_starts_while_another_process_holds_memory(tiny_model: Path, tmp
     ballast = bytearray(hold)
     for offset in range(0, hold, 4096):  # touch every page so the memory is really taken
         ballast[offset] = 1
-    args = ["--model", str(tiny_model), "--served-model-name", "tiny", "--max-model-len", "512", "--no-auth"]
+    args = ["--model", str(tiny_model), "--served-model-name", "tiny", "--max-model-len", "512", "--no-auth",
+            "--enforce-eager"]  # fmt: skip
     with service_process(args, tmp_path / "server.log", env={"VLLM_CPU_KVCACHE_SPACE": None}) as server:
         assert "KV cache on CPU" in server.log_path.read_text()
     del ballast

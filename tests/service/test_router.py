@@ -74,6 +74,7 @@ def replicas(long_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "--lora-modules", f"{name}={adapter}",
             "--max-lora-rank", "8",
             "--no-auth",
+            "--enforce-eager",
         ]  # fmt: skip
         processes[name] = service_process(args, root / f"replica-{name}.log")
     with ExitStack() as stack:

@@ -64,7 +64,7 @@ def compat(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
         "--model", str(tiny_model), "--served-model-name", BASE, "--max-model-len", "512", "--max-lora-rank", "8",
         "--adapter-dir", str(root), "--resolve-adapters-on-request", "--admin-api-key", ADMIN_KEY,
         "--api-key", API_KEY, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--enable-lora",
-        "--kv-events-config", events, "--block-size", str(BLOCK_SIZE),
+        "--kv-events-config", events, "--block-size", str(BLOCK_SIZE), "--enforce-eager",
     ]  # fmt: skip
     plain = service_process(args, tmp_path_factory.mktemp("logs") / "compat.log")
     proc = HttpsServerProcess(plain.argv, plain.log_path, port=plain.port, env=plain.env, name="service")

@@ -78,7 +78,7 @@ def live(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest.T
     args = [
         "--model", str(tiny_model), "--served-model-name", BASE, "--lora-modules", f"ada={adapters['ada']}",
         "--adapter-dir", str(root), "--watch-adapter-dir", "--admin-api-key", ADMIN_KEY, "--api-key", API_KEY,
-        "--max-loras", "1", "--max-cpu-loras", "2", "--max-lora-rank", "8", "--max-model-len", "512",
+        "--max-loras", "1", "--max-cpu-loras", "2", "--max-lora-rank", "8", "--max-model-len", "512", "--enforce-eager",
     ]  # fmt: skip
     with service_process(args, tmp_path_factory.mktemp("logs") / "live.log") as proc:
         yield LiveServer(proc.url, root)
@@ -235,7 +235,7 @@ def test_a_start_up_adapter_the_engine_refuses_stops_the_start(tiny_model: Path,
     broken = write_random_adapter(tiny_model, tmp_path / "broken", seed=9)
     rename_module(broken, "q_proj", "no_such_proj")
     command = [sys.executable, "-m", "service", "--model", str(tiny_model), "--lora-modules", f"b={broken}",
-               "--no-auth", "--port", "0", "--max-model-len", "512"]  # fmt: skip
+               "--no-auth", "--port", "0", "--max-model-len", "512", "--enforce-eager"]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     run = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 2, run.stderr[-2000:]

@@ -42,7 +42,7 @@ def test_demo_before_and_after(tmp_path):
     scores = json.loads(results.read_text(encoding="utf-8"))
     assert scores["total"] == 24
     assert scores["base"] <= 2, scores["base_replies"]
-    assert scores["fine_tuned"] >= 20, scores["fine_tuned_replies"]  # measured: 24/24
+    assert scores["fine_tuned"] >= 20, scores["fine_tuned_replies"]  # measured: 23/24 (12 epochs)
     # ... and ends with the evaluation report: the same replies, llm-jp-eval's metrics, intervals, McNemar
     report = json.loads((tmp_path / "adapter.report" / "report.json").read_text(encoding="utf-8"))
     estimate = {(s["model"], s["metric"]): s["interval"]["estimate"] for s in report["scores"]}
