@@ -71,14 +71,14 @@ train: .venv-train/.installed $(DEFAULT_MODEL)/config.json
 test: environments
 	$(MAKE) lint test-serve test-train test-deploy
 
-# Every environment the tests use, built side by side (the installs wait on the network as much as on the CPU);
-# the suites themselves run one after the other: side by side on 2 cores they took longer (torch's and vLLM's
-# threads oversubscribe the cores), measured in BENCHMARKS.md's test-suite section.
+# Every environment the tests use, and the default model, built side by side (the installs wait on the disk and
+# the network as much as on the CPU; the model converts as soon as the serving env is there); the suites
+# themselves run one after the other: side by side on 2 cores they took longer (torch's and vLLM's threads
+# oversubscribe the cores), measured in BENCHMARKS.md's test-suite section.
 .PHONY: environments
 environments:
 	$(MAKE) -j4 .venv-serve/.installed .venv-train/.installed .venv-clients/.installed .venv-tools/.installed \
-	  .venv-loadtest/.installed .venv-router/.installed prometheus-installed
-	$(MAKE) $(DEFAULT_MODEL)/config.json
+	  .venv-loadtest/.installed .venv-router/.installed prometheus-installed $(DEFAULT_MODEL)/config.json
 
 FAST_TIER := -m "not engine and not slow"
 test-fast: .venv-serve/.installed .venv-train/.installed

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -146,6 +147,17 @@ class ServerProcess:
             self.process.wait()
         self._kill_group()
         return self.process.returncode
+
+    def stop_in_background(self) -> threading.Thread:
+        """`stop()` on a thread of its own, for a caller with nothing left to ask of the server.
+
+        vLLM's shutdown takes about 5 s (the engine, then its worker, exit in turn); a test fixture's teardown
+        need not wait for it before the next test starts. The thread is not a daemon: the interpreter waits
+        for it before exiting, so nothing outlives the caller's process either.
+        """
+        thread = threading.Thread(target=self.stop, name=f"stop {self.name} on port {self.port}")
+        thread.start()
+        return thread
 
     def _kill_group(self) -> None:
         assert self.process is not None

@@ -39,9 +39,9 @@ def service(tiny_model, tmp_path_factory) -> str:
     args += ["--max-model-len", "512", "--enforce-eager"]
     inherited_settings = {key: None for key in os.environ if key.startswith("TSUMUGI_")}
     log = tmp_path_factory.mktemp("service") / "service.log"
-    server = service_process(args, log, python=SERVE_PYTHON, env=inherited_settings, ready_timeout=240)
-    with server:
-        yield server.url
+    server = service_process(args, log, python=SERVE_PYTHON, env=inherited_settings, ready_timeout=240).start()
+    yield server.url
+    server.stop_in_background()
 
 
 def served_chat_requests(url: str) -> Counter:

@@ -51,9 +51,9 @@ def service(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("service") / "service.log"
     server = service_process(
         args, log, python=SERVE_PYTHON, env=inherited_settings, ready_timeout=SERVICE_READY_TIMEOUT, stop_grace=45
-    )
-    with server:
-        yield server.url
+    ).start()
+    yield server.url
+    server.stop_in_background()
 
 
 @pytest.fixture(scope="module")

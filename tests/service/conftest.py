@@ -5,9 +5,11 @@ adapters (one with its own chat template), `--max-loras 1` (the hardest slot set
 API key, so every `/v1` test also exercises auth.
 
 The servers a test file starts for one purpose (drain, disconnect, overload, a killed engine, the router's
-replicas, ...) pass `--enforce-eager`: vLLM 0.32 on the CPU compiles the model again on every start (its
-compile cache fails to load), and their few requests do not pay back those 6-10 s. The session servers here and
-the default model's stay compiled, so the compiled path is still the one most tests go through.
+replicas, the default model, ...) pass `--enforce-eager`: vLLM 0.32 on the CPU compiles the model again on every
+start (its compile cache fails to load), and their few requests do not pay back those 6-60 s. The tool server
+here is the compiled path (the main server carries adapters, and vLLM never compiles a LoRA model on the CPU).
+Fixtures stop their servers in the background (`ServerProcess.stop_in_background`): the next test need not
+wait for vLLM's 5 s shutdown.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ def server(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest
         "--max-model-len", "512",
         "--api-key", API_KEY,
     ]  # fmt: skip
-    with service_process(args, tmp_path_factory.mktemp("logs") / "server.log") as proc:
-        yield proc
+    proc = service_process(args, tmp_path_factory.mktemp("logs") / "server.log").start()
+    yield proc
+    proc.stop_in_background()
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +75,9 @@ def tool_server(tool_model: Path, tmp_path_factory: pytest.TempPathFactory):
         "--enable-auto-tool-choice",
         "--no-auth",
     ]  # fmt: skip
-    with service_process(args, tmp_path_factory.mktemp("logs") / "tool-server.log") as proc:
-        yield proc
+    proc = service_process(args, tmp_path_factory.mktemp("logs") / "tool-server.log").start()
+    yield proc
+    proc.stop_in_background()
 
 
 @pytest.fixture(scope="session")

@@ -74,8 +74,9 @@ def clients_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -
         "--no-auth",
         "--enable-auto-tool-choice",
     ]  # fmt: skip
-    with service_process(args, tmp_path_factory.mktemp("logs") / "clients-server.log") as proc:
-        yield proc
+    proc = service_process(args, tmp_path_factory.mktemp("logs") / "clients-server.log").start()
+    yield proc
+    proc.stop_in_background()
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,10 @@ def long_server(tmp_path_factory: pytest.TempPathFactory):
     """Its own server: the session one's 512-token context finishes any request before a disconnect matters."""
     folder = tmp_path_factory.mktemp("disconnect")
     model = build_tiny_llama(folder / "tiny-long", seed=0, max_positions=LONG_TOKENS + 192)
-    with service_process(
-        ["--model", str(model), "--served-model-name", BASE, "--no-auth", "--enforce-eager"], folder / "server.log"
-    ) as server:
-        yield server
+    args = ["--model", str(model), "--served-model-name", BASE, "--no-auth", "--enforce-eager"]
+    server = service_process(args, folder / "server.log").start()
+    yield server
+    server.stop_in_background()
 
 
 def counts(url: str) -> tuple[float, float, float]:

@@ -137,8 +137,9 @@ def small_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     """Four running sequences and no queue (admitted requests start at once): easy to exceed several times."""
     args = ["--model", str(tiny_model), "--served-model-name", BASE, "--max-model-len", "512", "--enforce-eager",
             "--max-num-seqs", "4", "--max-num-queued-requests", "0", "--api-key", API_KEY]  # fmt: skip
-    with service_process(args, tmp_path_factory.mktemp("overload") / "server.log") as proc:
-        yield proc
+    proc = service_process(args, tmp_path_factory.mktemp("overload") / "server.log").start()
+    yield proc
+    proc.stop_in_background()
 
 
 async def timed_stream(client: httpx.AsyncClient, max_tokens: int) -> tuple[int, float, float, str | None]:

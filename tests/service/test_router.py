@@ -79,7 +79,7 @@ def replicas(long_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         processes[name] = service_process(args, root / f"replica-{name}.log")
     with ExitStack() as stack:
         for process in processes.values():
-            stack.callback(process.stop)
+            stack.callback(process.stop_in_background)
         with ThreadPoolExecutor(len(processes)) as pool:
             list(pool.map(ServerProcess.start, processes.values()))
         yield processes

@@ -74,7 +74,7 @@ def compat(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):
     try:
         yield CompatServer(proc.url, cert, root, events_port)
     finally:
-        proc.stop()
+        proc.stop_in_background()
 
 
 def openai_client(server: CompatServer) -> openai.OpenAI:

@@ -80,8 +80,9 @@ def live(tiny_model: Path, adapters: dict[str, Path], tmp_path_factory: pytest.T
         "--adapter-dir", str(root), "--watch-adapter-dir", "--admin-api-key", ADMIN_KEY, "--api-key", API_KEY,
         "--max-loras", "1", "--max-cpu-loras", "2", "--max-lora-rank", "8", "--max-model-len", "512", "--enforce-eager",
     ]  # fmt: skip
-    with service_process(args, tmp_path_factory.mktemp("logs") / "live.log") as proc:
-        yield LiveServer(proc.url, root)
+    proc = service_process(args, tmp_path_factory.mktemp("logs") / "live.log").start()
+    yield LiveServer(proc.url, root)
+    proc.stop_in_background()
 
 
 def admin(server, method: str, path: str, body: dict | None = None) -> httpx.Response:
