@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from training.config import ConfigError, load_config
-from training.sft import run_sft
+from training.sft import SFTRecipe, run_sft
 
 from .conftest import REPO, tiny_config
 
@@ -50,6 +50,39 @@ def test_lora_run_writes_a_complete_adapter_directory(tiny_model, tiny_eval, tmp
     losses = [entry["loss"] for entry in log if "loss" in entry]
     assert len(losses) == 12 and losses[-1] < losses[0]
     assert (out / "chat_template.jinja").read_text(encoding="utf-8").count("### 指示:") == 1
+
+
+def test_the_loss_head_projects_only_the_labelled_positions(tiny_model, tiny_eval, tmp_path, monkeypatch):
+    """On the CPU too, TRL's fused LM head sees only the positions with a label (not the prompt's or the padding's),
+    and its loss is the cross-entropy of those positions computed from the model's full logits."""
+    import inspect
+
+    import trl.trainer.utils as trl_utils
+
+    # `score_label_positions_only` relies on TRL reading `_use_triton` for the compact-scoring choice alone.
+    calls = [line.strip() for line in inspect.getsource(trl_utils).splitlines() if "_use_triton(" in line]
+    assert calls == ["compact = _use_triton(hidden_states.device)"]
+    cfg = tiny_config(tiny_model, tiny_eval.with_name("train.jsonl"), tmp_path / "adapter", precision="fp32")
+    recipe = SFTRecipe(cfg).setup()
+    projected: list[int] = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class CountingChunkedLogProb:
+        @staticmethod
+        def apply(hidden, *rest):
+            projected.append(hidden.shape[0])
+            return chunked.apply(hidden, *rest)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingChunkedLogProb)
+    inputs = recipe.trainer._prepare_inputs(next(iter(recipe.trainer.get_train_dataloader())))
+    with torch.no_grad():
+        fused = recipe.trainer.model(**inputs, fused_lm_head=True)
+        logits = recipe.trainer.model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    labels = inputs["labels"][:, 1:]
+    labelled = labels != -100
+    assert projected == [int(labelled.sum())] and 0 < labelled.sum() < labelled.numel() / 2
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1][labelled].float(), labels[labelled])
+    assert torch.allclose(fused.loss, expected, rtol=1e-4), (fused.loss, expected)
 
 
 @pytest.mark.engine  # python -m training sft in a subprocess
