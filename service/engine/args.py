@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from vllm.config import KVEventsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.platforms import current_platform
+from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
 
 from service.config import Settings
 from service.errors import StartupError
@@ -65,17 +66,32 @@ def is_weight_only_4bit(model_dir: Path) -> bool:
     return False
 
 
-def cpu_kv_cache_bytes(args: AsyncEngineArgs) -> int:
+def cpu_kv_cache_bytes(args: AsyncEngineArgs, available: int) -> int:
     """The CPU KV-cache size when none is given: room for `CPU_KV_CACHE_SEQUENCES` full-length sequences, at
-    most `CPU_KV_CACHE_CAP` but never less than one full-length sequence (vLLM refuses to start without that).
+    most `CPU_KV_CACHE_CAP` and at most half of the `available` memory, but never less than one full-length
+    sequence (vLLM refuses to start without that): too little memory for one is the operator's to fix.
 
     Without an explicit size, vLLM's CPU worker reserves `gpu_memory_utilization` (0.9) of the NUMA node's
     memory and refuses to start unless that much is free: 17 GiB for a 135M model, and no start at all on a
-    machine where other programs hold a few GiB."""
+    machine where other programs hold a few GiB. Half of what is free leaves the rest to the weights and the
+    engine's processes, which load after this is decided; the worker refuses a size above what is then free."""
     model = args.create_model_config()
     per_token = 2 * model.get_total_num_hidden_layers() * model.get_total_num_kv_heads() * model.get_head_size()
     one_sequence = per_token * model.dtype.itemsize * model.max_model_len
-    return max(one_sequence, min(CPU_KV_CACHE_CAP, one_sequence * CPU_KV_CACHE_SEQUENCES))
+    size = min(CPU_KV_CACHE_CAP, one_sequence * CPU_KV_CACHE_SEQUENCES, available // 2)
+    if size < one_sequence:
+        raise StartupError(
+            f"not enough free memory for the KV cache: one {model.max_model_len}-token sequence needs "
+            f"{one_sequence / GiB:.2f} GiB, half of the {available / GiB:.2f} GiB free is less; lower "
+            "--max-model-len, set --kv-cache-memory-bytes, or free memory"
+        )
+    return size
+
+
+def free_cpu_memory() -> int:
+    """What vLLM's CPU worker will count as free on its NUMA node (that of the first CPU this process may use),
+    within the container's memory limit."""
+    return get_memory_node_info(get_allowed_cpu_list()[0].numa_node).available_memory
 
 
 def runtime_adapters(settings: Settings) -> bool:
@@ -87,7 +103,7 @@ def build_engine_args(settings: Settings, num_adapters: int, use_null_adapter: b
     args = _engine_args(settings, num_adapters, use_null_adapter)
     legacy_size = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "")  # vLLM's own variable overrides any size given
     if args.kv_cache_memory_bytes is None and current_platform.is_cpu() and not legacy_size:
-        args.kv_cache_memory_bytes = cpu_kv_cache_bytes(args)
+        args.kv_cache_memory_bytes = cpu_kv_cache_bytes(args, free_cpu_memory())
         logger.info(
             "KV cache on CPU: %.2f GiB (set --kv-cache-memory-bytes to change)", args.kv_cache_memory_bytes / GiB
         )
