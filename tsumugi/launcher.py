@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 # Loopback never goes through a proxy; urllib would otherwise honour http_proxy/HTTP_PROXY from the environment.
 _LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Servers still stopping on their own threads (`ServerProcess.stop_in_background`), until `wait_for_stops`.
+_STOPPING: list[threading.Thread] = []
 
 
 def free_port() -> int:
@@ -157,6 +159,7 @@ class ServerProcess:
         """
         thread = threading.Thread(target=self.stop, name=f"stop {self.name} on port {self.port}")
         thread.start()
+        _STOPPING.append(thread)
         return thread
 
     def _kill_group(self) -> None:
@@ -179,6 +182,13 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def wait_for_stops() -> None:
+    """Return once every server stopped in the background has exited: for a caller that measures the machine
+    (its free memory) and must not count what a stopping server is about to give back."""
+    while _STOPPING:
+        _STOPPING.pop().join()
 
 
 def service_process(
